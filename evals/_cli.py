@@ -1,0 +1,55 @@
+"""Shared command-line plumbing: logging setup and the exit-code contract."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from evals.errors import EXIT_BAD_INPUT, TollgateError
+
+
+class _ArgParseExit(Exception):
+    pass
+
+
+def configure_logging() -> None:
+    level = os.environ.get("TOLLGATE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a CLI main, mapping project errors to exit codes and one-line messages.
+
+    argparse already exits 2 on bad flags; we keep that. A TollgateError prints
+    `error: <message>` on one line and exits with the error's code. Anything
+    unexpected is a failure (exit 1) with a traceback in the log: it must never
+    look like a pass.
+    """
+    configure_logging()
+    prog = os.path.basename(sys.argv[0]) if sys.argv else "tollgate"
+    try:
+        return main(argv)
+    except TollgateError as exc:
+        msg = " ".join(str(exc).split())
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - last resort: fail closed, never exit 0
+        logging.getLogger("tollgate").exception("unexpected failure")
+        return 1
+
+
+def exit_with(main: Callable[[Sequence[str] | None], int]) -> None:
+    sys.exit(run_main(main))
+
+
+__all__ = ["EXIT_BAD_INPUT", "configure_logging", "exit_with", "run_main"]
