@@ -23,7 +23,7 @@ MODEL_REF_HELP = "NAME:VERSION, e.g. smollm2-orders:1"
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

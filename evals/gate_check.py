@@ -1,0 +1,74 @@
+"""Judge a results file against a threshold file.
+
+    python -m evals.gate_check --results results/quality.json --threshold-file thresholds/quality.yaml \
+        [--baseline results/champion-quality.json] [--output verdict.json] [--report report.md]
+
+Exit 0 when every gate passes, 1 when any fails (fail closed on missing, null, NaN or
+non-numeric metrics), 2 on bad input with one line naming the file and key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from evals import gates
+from evals.errors import EXIT_FAIL, EXIT_PASS
+from evals.results import load_results, sha256_file, utc_now, write_json_atomic
+
+log = logging.getLogger("tollgate.gate_check")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evals.gate_check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", required=True, help="results JSON (metrics, samples, meta)")
+    p.add_argument("--threshold-file", required=True, help="gate YAML, e.g. thresholds/quality.yaml")
+    p.add_argument("--baseline", help="baseline results JSON (the current champion's) to derive *_delta_vs_baseline")
+    p.add_argument("--output", help="write the JSON verdict here")
+    p.add_argument("--report", help="write the markdown gate table here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Read and validate every input before writing anything: bad input has no side effects.
+    thresholds = gates.load_threshold_file(args.threshold_file)
+    results = load_results(args.results, "--results")
+    baseline = load_results(args.baseline, "--baseline") if args.baseline else None
+    verdict = gates.evaluate(thresholds, results, baseline)
+
+    meta = results.get("meta") or {}
+    subject = ":".join(str(meta[k]) for k in ("model", "version") if meta.get(k)) or Path(args.results).name
+    suite = meta.get("suite") or Path(args.threshold_file).stem
+    payload = {
+        "passed": verdict.passed,
+        "failed_gates": [g.name for g in verdict.failed],
+        "gates": [g.to_dict() for g in verdict.gates],
+        "subject": subject,
+        "suite": suite,
+        "thresholds_file": str(args.threshold_file),
+        "thresholds_sha256": sha256_file(args.threshold_file),
+        "results_file": str(args.results),
+        "results_sha256": sha256_file(args.results),
+        "baseline_file": str(args.baseline) if args.baseline else None,
+        "baseline_sha256": sha256_file(args.baseline) if args.baseline else None,
+        "evaluated_utc": utc_now(),
+    }
+    report = gates.markdown_report(verdict, f"{suite} gates for {subject}")
+    if args.output:
+        write_json_atomic(args.output, payload)
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(report)
+    print(report, end="")
+    for g in verdict.failed:
+        log.warning("gate %s failed: %s", g.name, g.reason)
+    return EXIT_PASS if verdict.passed else EXIT_FAIL
+
+
+if __name__ == "__main__":
+    from evals._cli import exit_with
+
+    exit_with(main)

@@ -1,0 +1,92 @@
+"""`python -m evals.gate_check` as users call it: exit codes, outputs, no side effects on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def gate_check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "evals.gate_check", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def write(path: Path, payload: object) -> Path:
+    path.write_text(json.dumps(payload) if not isinstance(payload, str) else payload)
+    return path
+
+
+@pytest.fixture
+def quality_results(tmp_path: Path) -> Path:
+    return write(tmp_path / "quality.json", {
+        "metrics": {"groundedness_score": 0.91, "task_success_rate": 0.95, "hallucination_rate": 0.03,
+                    "quality_score": 0.93},
+        "meta": {"model": "m", "version": "2", "suite": "quality"},
+    })
+
+
+def test_pass_writes_verdict_and_report(tmp_path: Path, quality_results: Path) -> None:
+    baseline = write(tmp_path / "base.json", {"metrics": {"quality_score": 0.94}})
+    out, report = tmp_path / "v" / "verdict.json", tmp_path / "r" / "report.md"
+    proc = gate_check("--results", str(quality_results), "--threshold-file", "thresholds/quality.yaml",
+                      "--baseline", str(baseline), "--output", str(out), "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    verdict = json.loads(out.read_text())
+    assert verdict["passed"] is True and verdict["failed_gates"] == []
+    assert verdict["subject"] == "m:2"
+    assert len(verdict["thresholds_sha256"]) == 64 and len(verdict["results_sha256"]) == 64
+    regression = next(g for g in verdict["gates"] if g["metric"] == "quality_delta_vs_baseline")
+    assert abs(regression["value"] - (-0.01)) < 1e-9
+    assert "PASSED" in report.read_text()
+
+
+def test_regression_fails_with_exit_1_naming_the_gate(tmp_path: Path, quality_results: Path) -> None:
+    baseline = write(tmp_path / "base.json", {"metrics": {"quality_score": 0.96}})
+    out = tmp_path / "verdict.json"
+    proc = gate_check("--results", str(quality_results), "--threshold-file", "thresholds/quality.yaml",
+                      "--baseline", str(baseline), "--output", str(out))
+    assert proc.returncode == 1
+    assert json.loads(out.read_text())["failed_gates"] == ["regression"]
+    assert "regression" in proc.stdout
+
+
+def test_missing_metric_fails_closed_exit_1(tmp_path: Path) -> None:
+    results = write(tmp_path / "r.json", {"metrics": {"latency_p50_ms": 100, "latency_p95_ms": None}})
+    proc = gate_check("--results", str(results), "--threshold-file", "thresholds/latency.yaml")
+    assert proc.returncode == 1
+    assert "null" in proc.stdout or "fails closed" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "needle"),
+    [
+        (lambda d: ["--results", str(d / "nope.json"), "--threshold-file", "thresholds/quality.yaml"],
+         "--results"),
+        (lambda d: ["--results", str(write(d / "r.json", "{not json")), "--threshold-file",
+                    "thresholds/quality.yaml"], "not valid JSON"),
+        (lambda d: ["--results", str(write(d / "r.json", {"metrics": {}})), "--threshold-file",
+                    str(write(d / "t.yaml", "gates:\n  a: {metric: x, min: 1, comparison: ge}\n"))],
+         "gates.a.comparison"),
+        (lambda d: ["--results", str(write(d / "r.json", {"metrics": {}})), "--threshold-file",
+                    str(d / "missing.yaml")], "--threshold-file"),
+        (lambda d: ["--results", str(write(d / "r.json", [1, 2])), "--threshold-file", "thresholds/quality.yaml"],
+         "top level"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_no_output_file(tmp_path: Path, setup, needle: str) -> None:
+    out = tmp_path / "verdict.json"
+    proc = gate_check(*setup(tmp_path), "--output", str(out), "--report", str(tmp_path / "r.md"))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0]
+    assert not out.exists() and not (tmp_path / "r.md").exists()
+
+
+def test_unknown_flag_is_exit_2() -> None:
+    assert gate_check("--results", "x", "--threshold-file", "y", "--frobnicate").returncode == 2
