@@ -1,0 +1,94 @@
+"""The model server for the version under test, described once for both backends.
+
+The serving task is an Airflow *setup* and its stop task a *teardown*: the
+teardown runs even when evaluations fail, so no server outlives its DAG run.
+
+    server = ModelServer(model_name="{{ params.model_name }}", model_version="{{ params.model_version }}")
+    serve = serve_model(server)                    # returns the endpoint (XCom return_value)
+    stop = stop_model(server, serve_task=serve)    # wired as serve's teardown
+    serve >> [eval_quality, eval_safety] >> stop
+    eval_quality = pod_task(PodStep(..., env=endpoint_env()))
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from tollgate import constants as c
+from tollgate.exceptions import TollgateError
+from tollgate.podspec import Resources, Toleration
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_REL_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+def is_templated(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def slug(value: str) -> str:
+    """A DNS-label-safe form of a model name or version."""
+    out = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")
+    return out or "x"
+
+
+@dataclass(frozen=True)
+class ModelServer:
+    """Which version to serve and with what. Name and version may be Airflow templates."""
+
+    model_name: str
+    model_version: str
+    model_path: str | None = None  # relative to the model volume; default NAME/VERSION (where evals.stage puts it)
+    claim: str = c.MODEL_PVC
+    image: str = field(default_factory=lambda: os.environ.get(c.VLLM_IMAGE_ENV, c.DEFAULT_VLLM_IMAGE))
+    resources: Resources = field(default_factory=lambda: Resources(cpu="4", memory="24Gi", gpu=1))
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = (Toleration.gpu(),)
+    max_model_len: int = 2048
+    ready_timeout_s: float = c.SERVER_READY_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        check_model_ref(self.model_name, self.model_version, self.model_path)
+        if not isinstance(self.max_model_len, int) or self.max_model_len < 16:
+            raise TollgateError(f"invalid model server: max_model_len {self.max_model_len!r} must be an int >= 16")
+        if not self.ready_timeout_s > 0:
+            raise TollgateError("invalid model server: ready_timeout_s must be > 0")
+
+
+def check_model_ref(name: str, version: str, path: str | None) -> None:
+    """Validate rendered values; templated ones are checked again after rendering."""
+    if not is_templated(name) and not _MODEL_NAME.match(name):
+        raise TollgateError(f"invalid model server: model_name {name!r} (letters, digits, '.', '_', '-')")
+    if not is_templated(version) and not _MODEL_VERSION.match(version):
+        raise TollgateError(f"invalid model server: model_version {version!r} (letters, digits, '.', '_', '-')")
+    if path is not None and not is_templated(path) and (not _REL_PATH.match(path) or ".." in path.split("/")):
+        raise TollgateError(f"invalid model server: model_path {path!r} must be relative to the model volume")
+
+
+def served_name(name: str, version: str) -> str:
+    """The name vLLM serves the model under: NAME:VERSION (what evals --model takes)."""
+    return f"{name}:{version}"
+
+
+def relative_model_path(name: str, version: str, path: str | None) -> str:
+    return path or f"{name}/{version}"
+
+
+def resource_name(name: str, version: str) -> str:
+    """Deployment/Service name: vllm-<name>-<version>, a DNS label of at most 63 characters."""
+    ver = slug(version)[:20]
+    return f"vllm-{slug(name)[: 63 - len('vllm-') - len(ver) - 1].strip('-')}-{ver}"
+
+
+def endpoint_ref(serve_task_id: str = "serve_model") -> str:
+    """An Airflow template that renders to the served endpoint (http://host:port, no /v1)."""
+    return "{{ ti.xcom_pull(task_ids='" + serve_task_id + "') }}"
+
+
+def endpoint_env(serve_task_id: str = "serve_model") -> dict[str, str]:
+    """Env for a PodStep that talks to the served model (evals read either variable)."""
+    ref = endpoint_ref(serve_task_id)
+    return {c.ENDPOINT_ENV: ref, "OPENAI_BASE_URL": ref + "/v1"}
