@@ -117,8 +117,8 @@ class HttpConnection(asyncio.Protocol):
         now = time.perf_counter()
         ex = self.exchange
         if ex is None:
-            # Bytes nobody asked for: the connection is out of sync; never reuse it.
-            self.abort()
+            if data:  # bytes nobody asked for: the connection is out of sync; never reuse it
+                self.abort()
             return
         try:
             self._feed(ex, data, now)
