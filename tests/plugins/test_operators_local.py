@@ -1,0 +1,250 @@
+"""The local backend runs the pod's command for real: exit codes, env, volumes, process groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowException
+from tollgate import constants as c
+from tollgate.exceptions import TollgateError
+from tollgate.operators import pod_task
+from tollgate.operators.local import LocalPodOperator, map_path
+from tollgate.podspec import ModelVolume, PodStep, ResultsLocation, SecretEnv
+
+SECRET_VALUE = "sk-local-secret-never-logged-4242"
+
+
+class RecordingTI:
+    """Stands in for the task instance: records what the operator publishes."""
+
+    def __init__(self) -> None:
+        self.xcom: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.xcom[key] = value
+
+
+def run(op: LocalPodOperator) -> RecordingTI:
+    ti = RecordingTI()
+    try:
+        op.execute({"ti": ti})
+    except BaseException as exc:
+        exc.ti = ti  # type: ignore[attr-defined]
+        raise
+    return ti
+
+
+def py_step(code: str, **overrides) -> PodStep:
+    fields = dict(name="step", command=("python", "-c", code), volume=ModelVolume.for_reading())
+    fields.update(overrides)
+    return PodStep(**fields)
+
+
+def local_op(step: PodStep, **kwargs) -> LocalPodOperator:
+    op = pod_task(step, execution="local", **kwargs)
+    assert isinstance(op, LocalPodOperator)
+    return op
+
+
+def wait_for(predicate, timeout_s: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+WRITE_RESULTS = (
+    "import json, os, sys; p = os.environ['TOLLGATE_RESULTS']; os.makedirs(os.path.dirname(p), exist_ok=True); "
+    "json.dump({'metrics': {'score': 0.9}}, open(p, 'w')); print('judged', flush=True); sys.exit(int(sys.argv[1]))"
+)
+
+
+def test_exit_0_passes_and_publishes_results(tollgate_home: Path):
+    step = py_step(WRITE_RESULTS, args=("0",), results=ResultsLocation.on_volume("run-1/quality.json"))
+    ti = run(local_op(step))
+    expected = tollgate_home / "volumes" / c.MODEL_PVC / "results" / "run-1" / "quality.json"
+    assert ti.xcom[c.XCOM_EXIT_CODE] == 0
+    assert ti.xcom[c.XCOM_RESULTS] == str(expected)
+    assert json.loads(expected.read_text())["metrics"]["score"] == 0.9
+
+
+def test_exit_1_is_a_failed_check_with_its_results(tollgate_home: Path):
+    step = py_step(WRITE_RESULTS, args=("1",), results=ResultsLocation.on_volume("q.json"))
+    with pytest.raises(TollgateError, match="a gate or check failed \\(exit 1\\)") as info:
+        run(local_op(step))
+    assert info.value.exit_code == 1 and info.value.outcome is c.StepOutcome.CHECK_FAILED
+    assert info.value.ti.xcom[c.XCOM_EXIT_CODE] == 1
+    assert Path(info.value.ti.xcom[c.XCOM_RESULTS]).is_file()  # the verdict survives the failure
+
+
+def test_exit_2_is_bad_input(tollgate_home: Path):
+    step = py_step("import sys; print('error: no such suite', file=sys.stderr); sys.exit(2)")
+    with pytest.raises(TollgateError, match="bad input") as info:
+        run(local_op(step))
+    assert info.value.exit_code == 2 and info.value.outcome is c.StepOutcome.BAD_INPUT
+    assert c.XCOM_RESULTS not in info.value.ti.xcom
+
+
+@pytest.mark.parametrize("code", ["import sys; sys.exit(3)", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+def test_other_exits_are_infrastructure_failures_that_retry(tollgate_home: Path, code: str):
+    with pytest.raises(AirflowException, match="infrastructure failure") as info:
+        run(local_op(py_step(code)))
+    assert not isinstance(info.value, TollgateError)
+
+
+def test_env_secrets_and_volume_paths_reach_the_child(tollgate_home: Path, monkeypatch, capsys):
+    monkeypatch.setenv("JUDGE_API_KEY", SECRET_VALUE)
+    monkeypatch.delenv("OPTIONAL_TOKEN", raising=False)
+    code = (
+        "import json, os, sys; "
+        "json.dump({'env': {k: os.environ.get(k) for k in "
+        "('SUITE', 'JUDGE_API_KEY', 'OPTIONAL_TOKEN', 'MODEL_DIR', 'TOLLGATE_EXECUTION', 'TOLLGATE_RESULTS')}, "
+        "'argv': sys.argv[1:], 'cwd': os.getcwd()}, open(sys.argv[2], 'w')); print('done')"
+    )
+    step = py_step(
+        code,
+        args=("--dest", "/results/env.json", "--weights=/models/orders/2", "/modelsX/not-a-mount"),
+        env={"SUITE": "quality", "MODEL_DIR": "/models/orders/2"},
+        secret_env=(SecretEnv("JUDGE_API_KEY", "judge", "api-key"), SecretEnv("OPTIONAL_TOKEN", "t", "k", optional=True)),
+        results=ResultsLocation.on_volume("env-results.json"),
+    )
+    run(local_op(step))
+    task_log = capsys.readouterr().out
+    claim = tollgate_home / "volumes" / c.MODEL_PVC
+    seen = json.loads((claim / "results" / "env.json").read_text())
+    assert seen["env"] == {
+        "SUITE": "quality",
+        "JUDGE_API_KEY": SECRET_VALUE,
+        "OPTIONAL_TOKEN": None,
+        "MODEL_DIR": str(claim / "orders" / "2"),
+        "TOLLGATE_EXECUTION": "local",
+        "TOLLGATE_RESULTS": str(claim / "results" / "env-results.json"),
+    }
+    assert seen["argv"] == ["--dest", str(claim / "results" / "env.json"), f"--weights={claim}/orders/2",
+                            "/modelsX/not-a-mount"]
+    assert seen["cwd"] == str(c.REPO_ROOT)
+    assert "] done" in task_log or " done " in task_log  # child output streamed into the task log
+    assert "running step step locally" in task_log
+    assert SECRET_VALUE not in task_log
+
+
+def test_missing_secret_fails_naming_the_variable_not_a_value(tollgate_home: Path, monkeypatch):
+    monkeypatch.delenv("JUDGE_API_KEY", raising=False)
+    step = py_step("print('never runs')", secret_env=(SecretEnv("JUDGE_API_KEY", "judge", "api-key"),))
+    with pytest.raises(TollgateError, match="JUDGE_API_KEY .*Secret judge, key api-key.* not set"):
+        run(local_op(step))
+
+
+def test_python_means_the_workers_interpreter(tollgate_home: Path):
+    op = local_op(py_step("pass"))
+    assert op.local_argv()[0] == sys.executable
+
+
+def test_map_path_rewrites_only_mount_paths(tmp_path: Path):
+    mounts = {"/models": tmp_path / "claim", "/results": tmp_path / "claim" / "results"}
+    assert map_path("/models", mounts) == str(tmp_path / "claim")
+    assert map_path("/results/a/b.json", mounts) == str(tmp_path / "claim" / "results" / "a" / "b.json")
+    assert map_path("--output=/results/x.json", mounts) == f"--output={tmp_path}/claim/results/x.json"
+    assert map_path("/modelsfoo", mounts) == "/modelsfoo"
+    assert map_path("models/x", mounts) == "models/x"
+    assert map_path("s3://b/models/x", mounts) == "s3://b/models/x"
+
+
+def test_kubernetes_only_options_are_dropped_locally(tollgate_home: Path):
+    op = local_op(py_step("pass"), startup_timeout_seconds=900, annotations={"a": "b"}, retries=3)
+    assert op.retries == 3
+
+
+def test_on_kill_ends_the_whole_process_group(tollgate_home: Path):
+    pids_file = tollgate_home / "volumes" / c.MODEL_PVC / "results" / "pids.json"
+    code = (
+        "import json, os, subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        "json.dump([os.getpid(), child.pid], open(sys.argv[1] + '.tmp', 'w')); os.rename(sys.argv[1] + '.tmp', sys.argv[1]); "
+        "time.sleep(120)"
+    )
+    op = local_op(py_step(code, args=("/results/pids.json",)), kill_grace_s=5)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run(op)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    leader, grandchild = wait_for(lambda: pids_file.is_file() and json.loads(pids_file.read_text()),
+                                  what="the step to start its grandchild")
+    assert pid_alive(leader) and pid_alive(grandchild)
+    assert os.getpgid(grandchild) == leader  # the step is its own process group
+    op.on_kill()
+    wait_for(lambda: not pid_alive(grandchild) and not pid_alive(leader), timeout_s=15, what="the group to die")
+    thread.join(timeout=15)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 60  # nobody waited for the 120 s sleep
+    assert errors and isinstance(errors[0], AirflowException) and not isinstance(errors[0], TollgateError)
+
+
+def test_an_error_in_the_task_kills_the_group_too(tollgate_home: Path, monkeypatch):
+    """A timeout arrives as an exception inside execute(); the group must not outlive it."""
+    pids_file = tollgate_home / "volumes" / c.MODEL_PVC / "results" / "pid"
+    code = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); print('started', flush=True); time.sleep(120)"
+    op = local_op(py_step(code, args=("/results/pid",)), kill_grace_s=5)
+
+    class Timeout(Exception):
+        pass
+
+    def on_line(*args, **kwargs):
+        if args and args[-1] == "started":
+            raise Timeout()
+
+    monkeypatch.setattr(op.log, "info", on_line)
+    with pytest.raises(Timeout):
+        run(op)
+    pid = int(pids_file.read_text())
+    wait_for(lambda: not pid_alive(pid), timeout_s=15, what="the step to be killed")
+
+
+def test_sigterm_ignoring_step_is_killed_after_the_grace(tollgate_home: Path):
+    pids_file = tollgate_home / "volumes" / c.MODEL_PVC / "results" / "stubborn"
+    code = (
+        "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+    )
+    op = local_op(py_step(code, args=("/results/stubborn",)), kill_grace_s=1)
+    thread = threading.Thread(target=lambda: pytest.raises(AirflowException, run, op), daemon=True)
+    thread.start()
+    pid = int(wait_for(lambda: pids_file.is_file() and pids_file.read_text(), what="the step to start"))
+    op.on_kill()
+    wait_for(lambda: not pid_alive(pid), timeout_s=15, what="SIGKILL after the grace period")
+    thread.join(timeout=15)
+    assert not thread.is_alive()
+
+
+def test_signals_module_is_posix():  # the backend relies on process groups
+    assert hasattr(os, "killpg") and hasattr(signal, "SIGKILL")
