@@ -206,28 +206,33 @@ def register_model_version(
     ``source`` is the ``s3://bucket/models/NAME/VERSION`` prefix holding weights and
     manifest; it becomes the version's source and the ``tollgate.s3_source`` tag, the
     manifest's sha256 the ``tollgate.manifest_sha256`` tag. Registering the same source
-    again returns the existing version (a retried task does not make a twin); the same
-    source with a different manifest is refused. Returns the MLflow ``ModelVersion``.
+    again with the same manifest, prompt and parameters returns the existing version (a
+    retried task does not make a twin); the same source with anything different is refused.
+    Two versions may share a manifest (same weights) and differ only in prompt or
+    parameters: publish each to its own prefix. Returns the MLflow ``ModelVersion``.
     """
     _check_model(model)
     if not isinstance(source, str) or not re.fullmatch(r"s3://[^/\s]+/\S+", source):
         raise RegistryError(f"source {source!r} must be an s3://bucket/prefix URI")
     if not isinstance(manifest_sha256, str) or not _SHA256.fullmatch(manifest_sha256):
         raise RegistryError(f"manifest_sha256 {manifest_sha256!r} must be 64 lowercase hex digits")
+    identity = {TAG_SOURCE: source, TAG_MANIFEST_SHA: manifest_sha256}
+    if prompt is not None:
+        identity.update({TAG_PROMPT_NAME: prompt.name, TAG_PROMPT_VERSION: prompt.version, TAG_PROMPT_URI: prompt.uri})
+    if generation_params is not None:
+        identity[TAG_GEN_PARAMS] = json.dumps(generation_params, sort_keys=True)
     c = client(tracking_uri)
     _ensure_registered_model(c, model)
     for mv in _versions(c, model):
         if mv.tags.get(TAG_SOURCE) == source:
-            if mv.tags.get(TAG_MANIFEST_SHA) != manifest_sha256:
+            differs = sorted(k for k in {*identity, TAG_PROMPT_URI, TAG_GEN_PARAMS}
+                             if mv.tags.get(k) != identity.get(k))
+            if differs:
                 raise RegistryError(
-                    f"{model} version {mv.version} already registers {source} with manifest "
-                    f"{mv.tags.get(TAG_MANIFEST_SHA)}, not {manifest_sha256}: publish to a new prefix")
+                    f"{model} version {mv.version} already registers {source} with different {', '.join(differs)}: "
+                    "publish a new version to a new prefix")
             return mv
-    all_tags = {**(tags or {}), TAG_SOURCE: source, TAG_MANIFEST_SHA: manifest_sha256}
-    if prompt is not None:
-        all_tags.update({TAG_PROMPT_NAME: prompt.name, TAG_PROMPT_VERSION: prompt.version, TAG_PROMPT_URI: prompt.uri})
-    if generation_params is not None:
-        all_tags[TAG_GEN_PARAMS] = json.dumps(generation_params, sort_keys=True)
+    all_tags = {**(tags or {}), **identity}
     # create_model_version goes straight to the registry REST API with the URI as given:
     # unlike mlflow.register_model it does not resolve or copy artifacts.
     return c.create_model_version(model, source, run_id=run_id, tags=all_tags, description=description,

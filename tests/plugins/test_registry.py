@@ -1,0 +1,343 @@
+"""plugins/tollgate registry, audit trail and tracking conventions against a real MLflow server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import threading
+import uuid
+import zlib
+from pathlib import Path
+
+import pytest
+from tollgate import audit, registry, tracking
+from tollgate.registry import RegistryError
+
+SHA_A = hashlib.sha256(b"weights-a").hexdigest()
+SHA_B = hashlib.sha256(b"weights-b").hexdigest()
+TEMPLATE_V1 = [{"role": "system", "content": "Normalize the order line."}, {"role": "user", "content": "{{prompt}}"}]
+TEMPLATE_V2 = [{"role": "system", "content": "Rewrite as '<qty>x <Size> <Item>'."},
+               {"role": "user", "content": "{{prompt}}"}]
+
+
+@pytest.fixture()
+def uri(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    # Nothing may fall back to another server: the env points at the test server too.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return mlflow_server
+
+
+@pytest.fixture()
+def model() -> str:
+    return f"orders-{uuid.uuid4().hex[:8]}"
+
+
+def _register(model: str, uri: str, n: int, sha: str = SHA_A, prompt: registry.PromptRef | None = None) -> str:
+    mv = registry.register_model_version(model, f"s3://models/{model}/{n}", sha, prompt=prompt, tracking_uri=uri)
+    return str(mv.version)
+
+
+def _png(path: Path) -> Path:
+    """A valid 1x1 PNG, written by hand (no plotting library needed)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+    raw += chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b"")
+    path.write_bytes(raw)
+    return path
+
+
+# -- model versions and prompts ---------------------------------------------------------------
+
+
+def test_register_version_from_s3_carries_source_and_manifest_and_is_idempotent(uri: str, model: str) -> None:
+    source = f"s3://models/{model}/1"
+    mv = registry.register_model_version(model, source, SHA_A, description="v1", tracking_uri=uri)
+    assert mv.source == source
+    assert mv.tags[registry.TAG_SOURCE] == source
+    assert mv.tags[registry.TAG_MANIFEST_SHA] == SHA_A
+    assert mv.status == "READY"
+    again = registry.register_model_version(model, source, SHA_A, tracking_uri=uri)
+    assert again.version == mv.version  # a retried registration makes no twin
+    with pytest.raises(RegistryError, match="manifest"):
+        registry.register_model_version(model, source, SHA_B, tracking_uri=uri)
+    with pytest.raises(RegistryError, match="s3://"):
+        registry.register_model_version(model, "/tmp/weights", SHA_A, tracking_uri=uri)
+    with pytest.raises(RegistryError, match="sha256"):
+        registry.register_model_version(model, f"s3://models/{model}/9", "abc", tracking_uri=uri)
+    assert registry.model_version_exists(model, mv.version, tracking_uri=uri)
+    assert not registry.model_version_exists(model, "99", tracking_uri=uri)
+    assert not registry.model_version_exists(model, "1; rm -rf /", tracking_uri=uri)
+    assert not registry.model_version_exists("no-such-model", "1", tracking_uri=uri)
+
+
+def test_versions_can_differ_only_in_prompt_and_parameters(uri: str, model: str) -> None:
+    p1 = registry.register_prompt(model, TEMPLATE_V1, {"temperature": 0.0, "max_tokens": 24}, tracking_uri=uri)
+    assert registry.register_prompt(model, TEMPLATE_V1, {"temperature": 0.0, "max_tokens": 24},
+                                    tracking_uri=uri) == p1  # same prompt again: no new version
+    p2 = registry.register_prompt(model, TEMPLATE_V2, {"temperature": 0.2, "max_tokens": 32},
+                                  commit_message="stricter format", tracking_uri=uri)
+    assert (p1.name, p2.name) == (f"{model}.prompt", f"{model}.prompt")
+    assert int(p2.version) == int(p1.version) + 1
+    v1 = registry.register_model_version(model, f"s3://models/{model}/1", SHA_A, prompt=p1,
+                                         generation_params={"temperature": 0.0, "max_tokens": 24}, tracking_uri=uri)
+    v2 = registry.register_model_version(model, f"s3://models/{model}/2", SHA_A, prompt=p2,
+                                         generation_params={"temperature": 0.2, "max_tokens": 32}, tracking_uri=uri)
+    c1 = registry.serving_config(model, v1.version, tracking_uri=uri)
+    c2 = registry.serving_config(model, v2.version, tracking_uri=uri)
+    assert c1.manifest_sha256 == c2.manifest_sha256 == SHA_A  # same weights
+    assert c1.template == TEMPLATE_V1 and c2.template == TEMPLATE_V2
+    assert c1.generation_params == {"temperature": 0.0, "max_tokens": 24}
+    assert c2.generation_params == {"temperature": 0.2, "max_tokens": 32}
+    assert c2.prompt == p2 and c2.to_dict()["prompt"]["uri"] == f"prompts:/{model}.prompt/{p2.version}"
+    json.dumps(c2.to_dict())  # the DAG hands it to pods as a JSON file
+    # Re-registering v2's prefix with v1's prompt is a different version, not a retry: refused.
+    with pytest.raises(RegistryError, match="prompt"):
+        registry.register_model_version(model, f"s3://models/{model}/2", SHA_A, prompt=p1,
+                                        generation_params={"temperature": 0.2, "max_tokens": 32}, tracking_uri=uri)
+    # Prompts share the registered-model namespace but are never listed as models.
+    registry.move_alias(model, "champion", v1.version, "alice", "first champion", tracking_uri=uri)
+    listed = registry.models_with_alias("champion", tracking_uri=uri)
+    assert listed[model] == str(v1.version)
+    assert not any(name.endswith(".prompt") for name in listed)
+    with pytest.raises(RegistryError):
+        registry.serving_config(model, "42", tracking_uri=uri)
+
+
+# -- aliases and the audit trail -----------------------------------------------------------------
+
+
+def test_move_alias_writes_audit_record_and_is_idempotent(uri: str, model: str) -> None:
+    v1, v2 = _register(model, uri, 1), _register(model, uri, 2)
+    assert registry.get_alias(model, "champion", tracking_uri=uri) is None
+
+    first = registry.move_alias(model, "champion", v1, "alice", "initial champion", "run-1", tracking_uri=uri,
+                                dag_id="model_promotion", dag_run_id="manual__1")
+    assert first.changed and first.from_version is None and first.to_version == v1
+    assert registry.get_alias(model, "champion", tracking_uri=uri) == v1
+    rec = first.record
+    assert rec is not None and rec.status == audit.APPLIED
+    assert (rec.actor, rec.reason, rec.evidence_run_id, rec.dag_id, rec.dag_run_id) == (
+        "alice", "initial champion", "run-1", "model_promotion", "manual__1")
+    assert rec.recorded_utc.endswith("Z") and rec.recorded_utc[:4].isdigit()
+
+    again = registry.move_alias(model, "champion", v1, "bob", "re-run of the same promotion", tracking_uri=uri)
+    assert not again.changed and again.record is None
+    assert len(registry.alias_history(model, tracking_uri=uri)) == 1  # the no-op wrote nothing
+
+    second = registry.move_alias(model, "champion", v2, "bob", "v2 approved", "run-2", tracking_uri=uri)
+    assert second.changed and (second.from_version, second.to_version) == (v1, v2)
+    registry.move_alias(model, "staging", v2, "ci", "staging deploy", tracking_uri=uri)
+    assert registry.get_aliases(model, tracking_uri=uri) == {"champion": v2, "staging": v2}
+
+    history = registry.alias_history(model, tracking_uri=uri)
+    assert [(r.alias, r.from_version, r.to_version, r.actor) for r in history] == [
+        ("champion", None, v1, "alice"), ("champion", v1, v2, "bob"), ("staging", None, v2, "ci")]
+    assert [r.alias for r in registry.alias_history(model, "staging", tracking_uri=uri)] == ["staging"]
+    assert all(r.status == audit.APPLIED for r in history)
+    assert history == sorted(history, key=lambda r: r.seq)
+
+    table = registry.format_alias_history(history)
+    lines = table.splitlines()
+    assert len(lines) == 2 + 3
+    assert "| champion | 1 | 2 | bob | v2 approved | run-2 | move | applied |" in lines[3]
+
+
+def test_refused_moves_write_nothing(uri: str, model: str) -> None:
+    v1 = _register(model, uri, 1)
+    with pytest.raises(RegistryError, match="not registered"):
+        registry.move_alias(model, "champion", "99", "alice", "typo", tracking_uri=uri)
+    with pytest.raises(RegistryError, match="alias"):
+        registry.move_alias(model, "production", v1, "alice", "not an alias we manage", tracking_uri=uri)
+    with pytest.raises(RegistryError, match="actor"):
+        registry.move_alias(model, "champion", v1, " ", "no actor", tracking_uri=uri)
+    with pytest.raises(RegistryError, match="reason"):
+        registry.move_alias(model, "champion", v1, "alice", "", tracking_uri=uri)
+    assert registry.alias_history(model, tracking_uri=uri) == []
+    assert registry.get_aliases(model, tracking_uri=uri) == {}
+
+
+def test_rollback_restores_previous_target_from_history(uri: str, model: str) -> None:
+    v1, v2 = _register(model, uri, 1), _register(model, uri, 2)
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry.rollback_alias(model, "champion", "canary", "never moved", tracking_uri=uri)
+    registry.move_alias(model, "champion", v1, "alice", "v1", tracking_uri=uri)
+    promoted = registry.move_alias(model, "champion", v2, "alice", "v2", tracking_uri=uri)
+
+    back = registry.rollback_alias(model, "champion", "canary", "error rate 4% > 2%", "canary-run", tracking_uri=uri)
+    assert registry.get_alias(model, "champion", tracking_uri=uri) == v1
+    assert back.record is not None and promoted.record is not None
+    assert (back.from_version, back.to_version, back.record.action) == (v2, v1, "rollback")
+    assert back.record.rolls_back == promoted.record.record_id
+    assert back.record.evidence_run_id == "canary-run"
+
+    # Each rollback undoes the newest applied move: a second one re-applies v2.
+    registry.rollback_alias(model, "champion", "ops", "undo the rollback", tracking_uri=uri)
+    assert registry.get_alias(model, "champion", tracking_uri=uri) == v2
+
+    # An alias whose first move is rolled back is removed again.
+    registry.move_alias(model, "challenger", v2, "retrain", "new challenger", tracking_uri=uri)
+    cleared = registry.rollback_alias(model, "challenger", "ops", "bad retrain", tracking_uri=uri)
+    assert cleared.to_version is None
+    assert registry.get_alias(model, "challenger", tracking_uri=uri) is None
+    actions = [(r.alias, r.action, r.from_version, r.to_version) for r in registry.alias_history(model, tracking_uri=uri)]
+    assert actions == [("champion", "move", None, v1), ("champion", "move", v1, v2),
+                       ("champion", "rollback", v2, v1), ("champion", "rollback", v1, v2),
+                       ("challenger", "move", None, v2), ("challenger", "rollback", v2, None)]
+
+
+def test_rollback_refuses_when_alias_moved_outside_tollgate(uri: str, model: str) -> None:
+    v1, v2 = _register(model, uri, 1), _register(model, uri, 2)
+    registry.move_alias(model, "champion", v1, "alice", "v1", tracking_uri=uri)
+    tracking.client(uri).set_registered_model_alias(model, "champion", v2)  # someone used the MLflow UI
+    with pytest.raises(RegistryError, match="outside Tollgate"):
+        registry.rollback_alias(model, "champion", "canary", "should not guess", tracking_uri=uri)
+    assert registry.get_alias(model, "champion", tracking_uri=uri) == v2
+    # A later audited move records where the alias really was.
+    moved = registry.move_alias(model, "champion", v1, "alice", "back to the audited target", tracking_uri=uri)
+    assert moved.from_version == v2
+
+
+def test_pending_records_left_by_a_crash_are_settled(uri: str, model: str) -> None:
+    v1, v2 = _register(model, uri, 1), _register(model, uri, 2)
+    c = tracking.client(uri)
+    # Crash after the record, before the alias moved: settled as failed.
+    lost = audit.write_pending(c, model=model, alias="champion", from_version=None, to_version=v2,
+                               actor="alice", reason="crashed", evidence_run_id=None)
+    # Crash after the alias moved, before the record was marked applied: settled as applied.
+    done = audit.write_pending(c, model=model, alias="champion", from_version=None, to_version=v1,
+                               actor="alice", reason="alias moved, process died", evidence_run_id=None)
+    c.set_registered_model_alias(model, "champion", v1)
+    retry = registry.move_alias(model, "champion", v1, "alice", "task retry", tracking_uri=uri)
+    assert not retry.changed
+    status = {r.record_id: r.status for r in registry.alias_history(model, tracking_uri=uri)}
+    assert status == {lost.record_id: audit.FAILED, done.record_id: audit.APPLIED}
+    assert c.get_run(lost.record_id).info.status == "FAILED"
+    assert c.get_run(done.record_id).info.status == "FINISHED"
+    # A rollback now undoes the applied one only: back to no champion.
+    registry.rollback_alias(model, "champion", "ops", "undo", tracking_uri=uri)
+    assert registry.get_alias(model, "champion", tracking_uri=uri) is None
+
+
+def test_concurrent_writers_lose_no_audit_record(uri: str, model: str) -> None:
+    versions = [_register(model, uri, n) for n in (1, 2, 3)]
+    errors: list[BaseException] = []
+
+    def mover(alias: str) -> None:
+        try:
+            for v in versions:
+                registry.move_alias(model, alias, v, f"writer-{alias}", f"{alias} -> {v}", tracking_uri=uri)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=mover, args=(a,)) for a in registry.ALIASES]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    history = registry.alias_history(model, tracking_uri=uri)
+    assert len(history) == 9
+    for alias in registry.ALIASES:
+        chain = [(r.from_version, r.to_version) for r in history if r.alias == alias]
+        assert chain == [(None, "1"), ("1", "2"), ("2", "3")]
+    assert registry.get_aliases(model, tracking_uri=uri) == dict.fromkeys(registry.ALIASES, "3")
+
+
+# -- tracking conventions ----------------------------------------------------------------------------
+
+
+def test_parent_and_child_runs_carry_the_conventions_and_feed_the_baseline(
+    uri: str, model: str, tmp_path: Path
+) -> None:
+    v1 = _register(model, uri, 1)
+    parent = tracking.start_dag_run(model, v1, dag_id="nightly_eval", dag_run_id="scheduled__2026-11-25",
+                                    code_revision="abc123", params={"target_env": "staging",
+                                                                    "aws_secret_access_key": "hunter2"},
+                                    tracking_uri=uri)
+    assert tracking.start_dag_run(model, v1, dag_id="nightly_eval", dag_run_id="scheduled__2026-11-25",
+                                  tracking_uri=uri) == parent  # a retried task finds its run again
+    results = {
+        "metrics": {"task_success_rate": 0.93, "groundedness_score": 0.88, "judge_score": None},
+        "samples": [{"id": "order-001", "task_success": 1}],
+        "meta": {"model": model, "version": v1, "suite": "quality", "dataset_sha256": "d" * 64,
+                 "code_revision": "abc123", "started_utc": "2026-11-25T00:00:00Z"},
+    }
+    verdict = {"passed": True, "thresholds_sha256": "t" * 64, "gates": [{"name": "task_success", "passed": True}]}
+    report = tmp_path / "report.md"
+    report.write_text("### quality: PASSED\n")
+    child = tracking.log_suite_run(parent, "quality", results=results, verdict=verdict, report=report,
+                                   plots=[_png(tmp_path / "latency_cdf.png")], params={"api_token": "x"},
+                                   tracking_uri=uri)
+    c = tracking.client(uri)
+    run = c.get_run(child)
+    tags = run.data.tags
+    assert tags["mlflow.parentRunId"] == parent
+    assert (tags[tracking.TAG_MODEL], tags[tracking.TAG_VERSION], tags[tracking.TAG_SUITE]) == (model, v1, "quality")
+    assert tags[tracking.TAG_DATASET_SHA] == "d" * 64 and tags[tracking.TAG_THRESHOLDS_SHA] == "t" * 64
+    assert (tags[tracking.TAG_DAG_ID], tags[tracking.TAG_DAG_RUN_ID]) == ("nightly_eval", "scheduled__2026-11-25")
+    assert tags[tracking.TAG_CODE_REVISION] == "abc123" and tags[tracking.TAG_PASSED] == "true"
+    assert run.data.metrics == {"task_success_rate": 0.93, "groundedness_score": 0.88}
+    assert run.data.params["meta.dataset_sha256"] == "d" * 64
+    assert "api_token" not in run.data.params
+    assert "aws_secret_access_key" not in c.get_run(parent).data.params
+    assert c.get_run(parent).data.params["target_env"] == "staging"
+    assert run.info.experiment_id == c.get_experiment_by_name(f"tollgate/{model}").experiment_id
+    artifacts = {a.path for a in c.list_artifacts(child)} | {a.path for a in c.list_artifacts(child, "plots")}
+    assert {"results.json", "gate_verdict.json", "report.md", "plots/latency_cdf.png"} <= artifacts
+
+    # A retried logging task reuses the suite's child run.
+    results["metrics"]["task_success_rate"] = 0.95
+    assert tracking.log_suite_run(parent, "quality", results=results, verdict=verdict, tracking_uri=uri) == child
+    tracking.finish_dag_run(parent, passed=True, summary={"gates": "all passed"}, tracking_uri=uri)
+    assert c.get_run(parent).info.status == "FINISHED"
+
+    assert registry.champion_results(model, "quality", tracking_uri=uri) is None  # no champion yet
+    registry.move_alias(model, "champion", v1, "alice", "first", parent, tracking_uri=uri)
+    baseline = registry.champion_results(model, "quality", tracking_uri=uri)
+    assert baseline is not None
+    assert baseline["metrics"]["task_success_rate"] == 0.95
+    assert baseline["meta"]["mlflow_run_id"] == child
+    assert tracking.latest_results(model, v1, "safety", tracking_uri=uri) is None
+    assert tracking.run_url(child, tracking_uri=uri).endswith(f"/runs/{child}")
+
+
+def test_failed_gates_mark_the_suite_run_failed(uri: str, model: str) -> None:
+    v1 = _register(model, uri, 1)
+    parent = tracking.start_dag_run(model, v1, dag_id="model_promotion", dag_run_id="manual__x", tracking_uri=uri)
+    child = tracking.log_suite_run(parent, "safety", results={"metrics": {"refusal_rate": 0.5}, "meta": {}},
+                                   verdict={"passed": False, "gates": []}, tracking_uri=uri)
+    c = tracking.client(uri)
+    assert c.get_run(child).info.status == "FAILED"
+    assert c.get_run(child).data.tags[tracking.TAG_PASSED] == "false"
+    tracking.finish_dag_run(parent, passed=False, tracking_uri=uri)
+    assert c.get_run(parent).info.status == "FAILED"
+    # Results of a failed suite still serve as evidence, and as the version's latest results.
+    latest = tracking.latest_results(model, v1, "safety", tracking_uri=uri)
+    assert latest is not None and latest["metrics"]["refusal_rate"] == 0.5
+
+
+# -- the pure parts of the audit trail --------------------------------------------------------------
+
+
+def _rec(seq: int, alias: str, frm: str | None, to: str | None, status: str = audit.APPLIED) -> audit.AliasAuditRecord:
+    return audit.AliasAuditRecord(record_id=f"r{seq}", model="m", alias=alias, from_version=frm, to_version=to,
+                                  actor="a", reason="r", evidence_run_id=None, recorded_utc=audit.utc_iso(seq),
+                                  seq=seq, status=status)
+
+
+def test_record_tags_round_trip() -> None:
+    rec = _rec(5, "champion", None, "2")
+    assert audit.record_from_tags("r5", audit.record_tags(rec)) == rec
+    assert all(len(v) <= 8000 for v in audit.record_tags(rec).values())
+
+
+def test_previous_target_uses_only_the_newest_applied_move() -> None:
+    recs = [_rec(1, "champion", None, "1"), _rec(2, "champion", "1", "2"), _rec(3, "champion", "2", "3", audit.FAILED),
+            _rec(4, "staging", None, "3")]
+    last = audit.previous_target(list(reversed(recs)), "champion", "2")
+    assert last is not None and last.record_id == "r2" and last.from_version == "1"
+    assert audit.previous_target(recs, "champion", "3") is None  # moved outside the audited path
+    assert audit.previous_target(recs, "challenger", None) is None
+    assert audit.format_alias_history([]).count("\n") == 1
