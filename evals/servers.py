@@ -291,6 +291,83 @@ def mlflow_spec(port: int | None = None, *, state_dir: Path | None = None, name:
                       ready_timeout_s=120.0)
 
 
+AIRFLOW_PORT_VAR, AIRFLOW_PORT_DEFAULT = "TOLLGATE_AIRFLOW_PORT", 8080
+AIRFLOW_USERS = {"admin": "admin", "approver": "user", "viewer": "viewer"}
+
+
+def airflow_env(home: Path, port: int) -> dict[str, str]:
+    """The environment every Airflow process of the embedded default shares (CLI calls too)."""
+    venv_bin = Path(sys.executable).parent
+    return {
+        "AIRFLOW_HOME": str(home),
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(settings.REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{settings.LOOPBACK}:{port}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__API__HOST": settings.LOOPBACK,
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://{settings.LOOPBACK}:{port}",
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
+        "TOLLGATE_HOME": str(settings.home()),
+    }
+
+
+def ensure_airflow_passwords(home: Path) -> dict[str, str]:
+    """Random per-installation passwords for the SimpleAuthManager users, kept in AIRFLOW_HOME (0600)."""
+    import json
+    import secrets
+
+    path = home / "passwords.json"
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        current = {}
+    changed = False
+    for user in AIRFLOW_USERS:
+        if not current.get(user):
+            current[user] = secrets.token_urlsafe(12)
+            changed = True
+    if changed:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(current, fh)
+    return current
+
+
+def airflow_spec(port: int | None = None, *, home: Path | None = None, name: str = "airflow") -> ServerSpec:
+    """Airflow 3 on SQLite: api-server, scheduler, dag-processor, triggerer in one process group.
+
+    This is what `airflow standalone` runs, started by hand because standalone's log
+    servers bind 0.0.0.0 (ports 8793/8794) and we listen on 127.0.0.1 only: the
+    scheduler and triggerer run with --skip-serve-logs and the api-server reads task
+    logs from the local files. If one component exits, the group is taken down so the
+    failure is seen at once rather than as a half-working UI.
+    """
+    port = port if port is not None else settings.env_port(AIRFLOW_PORT_VAR, AIRFLOW_PORT_DEFAULT)
+    home = Path(home or settings.home() / "airflow")
+    ensure_airflow_passwords(home)
+    script = (
+        "set -u; airflow db migrate >/dev/null || exit 3; "
+        f"airflow api-server --host {settings.LOOPBACK} --port {port} --workers 1 & "
+        "airflow scheduler --skip-serve-logs & "
+        "airflow dag-processor & "
+        "airflow triggerer --skip-serve-logs & "
+        "wait -n; code=$?; echo \"an Airflow component exited ($code); stopping the rest\"; kill 0; exit $code"
+    )
+    return ServerSpec(name=name, argv=["bash", "-c", script], port=port, port_env=AIRFLOW_PORT_VAR,
+                      health_path="/api/v2/monitor/health", env=airflow_env(home, port), ready_timeout_s=240.0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.servers", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
