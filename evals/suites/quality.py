@@ -8,7 +8,7 @@ Per-sample scores are keyed by the metric they feed (a gate reads
 - hallucination_rate: 1 when groundedness_score < the cutoff (default 0.5), else 0.
 - answer_relevancy: ragas AnswerRelevancy, 0..1 (items that ask a question).
 - token_f1, char_similarity, reference_recall: judge-free text metrics vs the reference.
-- quality_score: (task_success + token_f1) / 2, the judge-free composite that baseline
+- quality_score: (task_success + reference_recall) / 2, the judge-free composite that baseline
   deltas (quality_delta_vs_baseline) are computed on, so a regression is never judge noise.
 """
 
@@ -33,7 +33,7 @@ def score_deterministic(item: dict[str, Any], answer: str) -> dict[str, float]:
         "token_f1": f1,
         "char_similarity": scorers.char_similarity(answer, item["reference"]),
         "reference_recall": scorers.reference_recall(answer, item["reference"]),
-        "quality_score": (success + f1) / 2.0,
+        "quality_score": (success + scorers.reference_recall(answer, item["reference"])) / 2.0,
     }
 
 
