@@ -110,7 +110,8 @@ def publish_model(source: Path, dest: str, *, force: bool = False, concurrency: 
             raise translate(exc, loc.url_of(MANIFEST_NAME)) from None
 
     # Parts of 64 MiB, several per file in flight: multipart with parallelism.
-    transfer = TransferConfig(multipart_threshold=64 * MiB, multipart_chunksize=64 * MiB,
+    part = int(os.environ.get("TOLLGATE_PUBLISH_PART_MB", "64") or 64) * MiB  # S3 needs >= 5 MiB
+    transfer = TransferConfig(multipart_threshold=part, multipart_chunksize=part,
                               max_concurrency=max(1, concurrency // 2), use_threads=True)
     lock = threading.Lock()
     done = {"files": 0, "bytes": 0}

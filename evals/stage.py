@@ -693,6 +693,7 @@ def _stage_locked(client: Any, loc: ModelLocation, manifest: Manifest, manifest_
     write_json_atomic(partial / MARKER, {
         "manifest_sha256": manifest_sha, "source": loc.url, "name": loc.name, "version": loc.version,
         "files": len(manifest.files), "bytes": manifest.total_size, "staged_utc": utc_now(),
+        "staged_unix_ns": time.time_ns(),  # orders versions for --keep; UTC seconds tie too often
     })
     os.chmod(partial / MARKER, 0o644)  # serving pods may run as another user; mkstemp made it 0600
     progress_path.unlink(missing_ok=True)
@@ -750,14 +751,14 @@ def evict_old_versions(model_dir: Path, keep: int | None, protect: Iterable[str]
     if not keep or not model_dir.is_dir():
         return []
     protected = set(protect) | in_use_versions(model_dir)
-    staged: list[tuple[str, str]] = []
+    staged: list[tuple[int, str]] = []
     for d in model_dir.iterdir():
         if d.name.startswith(".") or not d.is_dir():
             continue
         marker = _read_json(d / MARKER)
         if marker is None:
             continue  # not ours, or not complete: never touch it
-        staged.append((str(marker.get("staged_utc", "")), d.name))
+        staged.append((int(marker.get("staged_unix_ns", 0) or 0), d.name))
     staged.sort(reverse=True)
     evicted: list[str] = []
     for _, version in staged[keep:]:
