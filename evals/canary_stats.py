@@ -112,7 +112,7 @@ class WelchResult:
 
 
 def welch_test(canary: Sequence[float], stable: Sequence[float]) -> WelchResult:
-    """Welch's t-test (two-sided, scipy) and Cohen's d of canary vs stable.
+    """Welch's t-test (two-sided; Student's t distribution from scipy) and Cohen's d, canary vs stable.
 
     NaN when either arm has fewer than two values. Both arms constant: t and d are 0 with
     p = 1 when the means agree, +-inf with p = 0 when they differ (scipy returns NaN there).
@@ -122,16 +122,23 @@ def welch_test(canary: Sequence[float], stable: Sequence[float]) -> WelchResult:
     mc, ms = _mean(canary), _mean(stable)
     vc, vs = _var(canary), _var(stable)
     pooled = math.sqrt(((len(canary) - 1) * vc + (len(stable) - 1) * vs) / (len(canary) + len(stable) - 2))
-    if vc == 0 and vs == 0:
+    se = math.sqrt(vc / len(canary) + vs / len(stable))
+    if se == 0:
         if mc == ms:
             return WelchResult(0.0, 1.0, 0.0)
         inf = math.copysign(math.inf, mc - ms)
         return WelchResult(inf, 0.0, inf)
     from scipy import stats
 
-    res = stats.ttest_ind(list(canary), list(stable), equal_var=False)
-    d = (mc - ms) / pooled if pooled > 0 else 0.0
-    return WelchResult(float(res.statistic), float(res.pvalue), d)
+    # Welch-Satterthwaite degrees of freedom; the statistic by hand so near-constant arms do
+    # not trip scipy's moment warnings, the distribution from scipy.
+    t = (mc - ms) / se
+    num = (vc / len(canary) + vs / len(stable)) ** 2
+    den = (vc / len(canary)) ** 2 / (len(canary) - 1) + (vs / len(stable)) ** 2 / (len(stable) - 1)
+    df = num / den if den > 0 else float(len(canary) + len(stable) - 2)
+    p = float(2.0 * stats.t.sf(abs(t), df))
+    d = (mc - ms) / pooled if pooled > 0 else math.copysign(math.inf, mc - ms) if mc != ms else 0.0
+    return WelchResult(t, min(1.0, p), d)
 
 
 # -- arms, policy, verdict --------------------------------------------------------------------
