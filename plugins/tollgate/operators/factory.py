@@ -15,7 +15,7 @@ _KUBERNETES_ONLY = frozenset({
     "annotations", "affinity", "priority_class_name", "active_deadline_seconds", "image_pull_secrets",
     "startup_timeout_seconds", "schedule_timeout_seconds", "on_finish_action", "get_logs",
     "log_events_on_failure", "reattach_on_restart", "image_pull_policy", "termination_grace_period",
-    "poll_interval", "deferrable",
+    "poll_interval", "deferrable", "startup_check_interval_seconds", "base_container_status_polling_interval",
 })
 
 
