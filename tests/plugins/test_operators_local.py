@@ -17,6 +17,7 @@ from tollgate.exceptions import TollgateError
 from tollgate.operators import pod_task
 from tollgate.operators.local import LocalPodOperator, map_path
 from tollgate.podspec import ModelVolume, PodStep, ResultsLocation, SecretEnv
+from tollgate.serving.local import LocalServeModelOperator
 
 SECRET_VALUE = "sk-local-secret-never-logged-4242"
 
@@ -248,3 +249,83 @@ def test_sigterm_ignoring_step_is_killed_after_the_grace(tollgate_home: Path):
 
 def test_signals_module_is_posix():  # the backend relies on process groups
     assert hasattr(os, "killpg") and hasattr(signal, "SIGKILL")
+
+
+# -- the same DAG as the kmock test, on the local backend, through dag.test() ---------------------
+class StandInServe(LocalServeModelOperator):
+    """The real setup operator with its process swapped for a tiny HTTP server.
+
+    ``python -m http.server`` serves the staged model folder, which has a ``health``
+    file, so /health answers 200 like vLLM's; start, readiness polling, XCom and
+    the process-group stop are the operator's own. (vLLM itself is covered by the
+    evals tests; starting it here would cost a minute of CPU per run.)
+    """
+
+    def server_spec(self, model_dir: Path, name: str, port: int):
+        from evals.errors import BadInput
+        from evals.servers import ServerSpec
+
+        if not (model_dir / "config.json").is_file():
+            raise BadInput(f"model folder {model_dir} has no config.json")
+        argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(model_dir), str(port)]
+        return ServerSpec(name="stand-in-model-server", argv=argv, port=port, ready_timeout_s=30)
+
+
+def build_local_dag(dag_id: str):
+    from tests.plugins.dags.tollgate_pod_steps import build_dag
+
+    return build_dag(dag_id, execution="local",
+                     serve_factory=lambda server: StandInServe(task_id="serve_model", server=server))
+
+
+def assert_server_stopped(dag_run) -> None:
+    from tests.plugins.airflow_run import xcom
+
+    info = xcom(dag_run, "serve_model", c.XCOM_SERVER)
+    assert info, "the setup task recorded its server"
+    wait_for(lambda: not pid_alive(int(info["pgid"])), timeout_s=15, what="the model server to stop")
+    assert not Path(info["pid_file"]).exists()
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_local_dag_runs_steps_against_a_served_model_and_stops_it(tollgate_home: Path):
+    from tests.plugins.airflow_run import run_dag_test, task_states, xcom
+
+    dag_run = run_dag_test(build_local_dag("local_pass"))
+    assert task_states(dag_run) == dict.fromkeys(
+        ["stage-weights", "serve_model", "eval-quality", "gate-check", "stop_model"], "success")
+    endpoint = xcom(dag_run, "serve_model")
+    assert endpoint.startswith("http://127.0.0.1:")
+    results = Path(xcom(dag_run, "eval-quality", c.XCOM_RESULTS))
+    assert results.is_relative_to(tollgate_home / "volumes" / c.MODEL_PVC / "results")
+    report = json.loads(results.read_text())
+    assert report["meta"]["endpoint"] == endpoint  # the eval reached the server the setup started
+    assert report["metrics"]["quality_score"] == 0.9
+    assert (tollgate_home / "volumes" / c.MODEL_PVC / "orders" / "2" / "config.json").is_file()
+    assert xcom(dag_run, "gate-check", c.XCOM_EXIT_CODE) == 0
+    assert_server_stopped(dag_run)
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_local_teardown_stops_the_server_when_an_eval_fails(tollgate_home: Path):
+    from tests.plugins.airflow_run import run_dag_test, task_states, xcom
+
+    dag_run = run_dag_test(build_local_dag("local_eval_fails"), run_conf={"eval_exit": 1})
+    states = task_states(dag_run)
+    assert states["eval-quality"] == "failed"
+    assert states["gate-check"] == "upstream_failed"
+    assert states["stop_model"] == "success"
+    assert xcom(dag_run, "eval-quality", c.XCOM_EXIT_CODE) == 1
+    assert_server_stopped(dag_run)
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_local_gate_failure_is_exit_1_with_its_results(tollgate_home: Path):
+    from tests.plugins.airflow_run import run_dag_test, task_states, xcom
+
+    dag_run = run_dag_test(build_local_dag("local_gate_fails"), run_conf={"min_quality": 0.95})
+    states = task_states(dag_run)
+    assert states["gate-check"] == "failed" and states["stop_model"] == "success"
+    assert xcom(dag_run, "gate-check", c.XCOM_EXIT_CODE) == 1
+    assert "failed" in str(dag_run.state).lower()
+    assert_server_stopped(dag_run)

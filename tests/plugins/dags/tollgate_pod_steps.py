@@ -29,7 +29,7 @@ EVAL = (
     "ok = urllib.request.urlopen(ep + '/health', timeout=10).status == 200; "
     "out = os.environ['TOLLGATE_RESULTS']; os.makedirs(os.path.dirname(out), exist_ok=True); "
     "json.dump({'metrics': {'quality_score': 0.9 if ok else 0.0}, 'meta': {'endpoint': ep, 'suite': sys.argv[1]}}, "
-    "open(out, 'w')); print('evaluated', sys.argv[1], 'against', ep)"
+    "open(out, 'w')); print('evaluated', sys.argv[1], 'against', ep); sys.exit(int(os.environ['EVAL_EXIT']))"
 )
 GATE = (
     "import json, sys; r = json.load(open(sys.argv[1])); s = r['metrics']['quality_score']; "
@@ -62,6 +62,7 @@ def build_dag(
             "model_name": Param("orders", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
             "model_version": Param("2", type="string"),
             "min_quality": Param(0.5, type="number"),
+            "eval_exit": Param(0, type="integer"),  # lets a test make the eval step fail
         },
         tags=["tollgate", "test"],
     ) as dag:
@@ -79,7 +80,7 @@ def build_dag(
             name="eval-quality",
             command=("python", "-c", EVAL),
             args=("quality",),
-            env=endpoint_env(serve.task_id),
+            env={**endpoint_env(serve.task_id), "EVAL_EXIT": "{{ params.eval_exit }}"},
             resources=Resources(cpu="2", memory="4Gi", gpu=1),
             tolerations=(Toleration.gpu(),),
             volume=ModelVolume.for_reading(),
