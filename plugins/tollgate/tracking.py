@@ -292,22 +292,38 @@ def run_url(run_id: str, *, tracking_uri: str | None = None) -> str:
     return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
 
-def latest_suite_run(model: str, version: str, suite: str, *, tracking_uri: str | None = None) -> Any | None:
-    """The newest suite run of model:version that logged results, or None."""
+def latest_suite_run(
+    model: str, version: str, suite: str, *, dag_id: str | None = None, exclude_parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+) -> Any | None:
+    """The newest finished suite run of model:version (optionally of one DAG), or None."""
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(experiment_name(model))
     if exp is None:
         return None
     flt = (f"tags.`{TAG_KIND}` = '{KIND_SUITE}' and tags.`{TAG_VERSION}` = {quote(str(version))} "
            f"and tags.`{TAG_SUITE}` = {quote(suite)} and attributes.status != 'RUNNING'")
+    if dag_id is not None:
+        flt += f" and tags.`{TAG_DAG_ID}` = {quote(dag_id)}"
+    if exclude_parent_run_id is not None:
+        flt += f" and tags.`mlflow.parentRunId` != {quote(exclude_parent_run_id)}"
     runs = c.search_runs([exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"],
                          max_results=1)
     return runs[0] if runs else None
 
 
-def latest_results(model: str, version: str, suite: str, *, tracking_uri: str | None = None) -> dict[str, Any] | None:
-    """The results JSON last logged for model:version and suite (the regression baseline), or None."""
-    run = latest_suite_run(model, version, suite, tracking_uri=tracking_uri)
+def latest_results(
+    model: str, version: str, suite: str, *, dag_id: str | None = None, exclude_parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict[str, Any] | None:
+    """The results JSON last logged for model:version and suite, or None: a regression baseline.
+
+    ``dag_id="nightly_eval", exclude_parent_run_id=this_parent`` gives the previous nightly
+    of the same version; ``registry.champion_results`` gives the champion's.
+    ``meta.mlflow_run_id`` names the run it came from.
+    """
+    run = latest_suite_run(model, version, suite, dag_id=dag_id, exclude_parent_run_id=exclude_parent_run_id,
+                           tracking_uri=tracking_uri)
     if run is None:
         return None
     c = client(tracking_uri)

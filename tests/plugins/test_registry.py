@@ -300,6 +300,15 @@ def test_parent_and_child_runs_carry_the_conventions_and_feed_the_baseline(
     assert baseline["metrics"]["task_success_rate"] == 0.95
     assert baseline["meta"]["mlflow_run_id"] == child
     assert tracking.latest_results(model, v1, "safety", tracking_uri=uri) is None
+    assert tracking.latest_results(model, v1, "quality", dag_id="model_promotion", tracking_uri=uri) is None
+    # The previous nightly of the same version: not the run we are in.
+    assert tracking.latest_results(model, v1, "quality", dag_id="nightly_eval", exclude_parent_run_id=parent,
+                                   tracking_uri=uri) is None
+    nxt = tracking.start_dag_run(model, v1, dag_id="nightly_eval", dag_run_id="scheduled__2026-11-26", tracking_uri=uri)
+    tracking.log_suite_run(nxt, "quality", results={"metrics": {"task_success_rate": 0.5}, "meta": {}}, tracking_uri=uri)
+    previous = tracking.latest_results(model, v1, "quality", dag_id="nightly_eval", exclude_parent_run_id=nxt,
+                                       tracking_uri=uri)
+    assert previous is not None and previous["metrics"]["task_success_rate"] == 0.95
     assert tracking.run_url(child, tracking_uri=uri).endswith(f"/runs/{child}")
 
 
@@ -316,6 +325,19 @@ def test_failed_gates_mark_the_suite_run_failed(uri: str, model: str) -> None:
     # Results of a failed suite still serve as evidence, and as the version's latest results.
     latest = tracking.latest_results(model, v1, "safety", tracking_uri=uri)
     assert latest is not None and latest["metrics"]["refusal_rate"] == 0.5
+
+
+def test_plugin_modules_do_not_import_mlflow_at_import_time() -> None:
+    """DAG files import these at parse time; mlflow is imported only when a function runs."""
+    import subprocess
+    import sys
+
+    plugins = Path(__file__).resolve().parents[2] / "plugins"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import tollgate.registry, tollgate.tracking, tollgate.audit; "
+            "bad = [m for m in ('mlflow', 'pandas', 'boto3', 'scipy') if m in sys.modules]; "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code, str(plugins)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
 
 
 # -- the pure parts of the audit trail --------------------------------------------------------------
