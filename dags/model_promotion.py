@@ -1,0 +1,174 @@
+"""model_promotion: evaluate a registered version, gate it, ask a person, canary it, promote it.
+
+Triggered by hand with Params model_name, model_version, target_env. One run at a time.
+Nothing moves unless every gate passed, an assigned approver said yes, and the canary
+held; every ending (promoted, rejected, timed out, rolled back) leaves an audit record.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import DAG, Param, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.task.trigger_rule import TriggerRule
+from tollgate import constants as c
+from tollgate import promotion as p
+from tollgate.operators.factory import pod_task
+from tollgate.pipeline import Subject, build_evaluation
+from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation
+from tollgate.serving import ModelServer, serve_model, stop_model
+
+APPROVERS = [u.strip() for u in os.environ.get("TOLLGATE_APPROVERS", "approver").split(",") if u.strip()]
+RESPONSE_TIMEOUT = timedelta(hours=float(os.environ.get("TOLLGATE_APPROVAL_TIMEOUT_HOURS", "24")))
+CANARY_DURATION = os.environ.get("TOLLGATE_CANARY_DURATION", "900")
+
+REQ = "{{ ti.xcom_pull(task_ids='validate_request') }}"
+NAME = "{{ params.model_name }}"
+VERSION = "{{ params.model_version }}"
+FOLDER = "{{ run_folder(dag.dag_id, run_id, params.model_name, params.model_version) }}"
+CHAMPION = "{{ ti.xcom_pull(task_ids='validate_request')['champion_version'] }}"
+
+with DAG(
+    dag_id="model_promotion",
+    description="Gate, approve, canary and promote one model version",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # one promotion at a time: alias moves have no compare-and-set in MLflow
+    tags=["tollgate", "promotion"],
+    default_args={"owner": "ml-platform", "retries": 0},
+    params={
+        "model_name": Param("smollm2-orders", type="string", pattern=p.MODEL_NAME_PATTERN,
+                            description="Registered model name (lowercase, digits, . _ -)"),
+        "model_version": Param("2", type="string", pattern=p.MODEL_VERSION_PATTERN,
+                               description="Registered version to promote"),
+        "target_env": Param("staging", type="string", enum=["staging", "production"],
+                            description="staging moves alias 'staging'; production moves 'champion'"),
+    },
+    user_defined_macros={"run_folder": p.run_folder},
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def validate_request(params: dict | None = None) -> dict:
+        return p.validate_request(params["model_name"], str(params["model_version"]), params["target_env"])
+
+    @task.short_circuit(ignore_downstream_trigger_rules=True)
+    def not_yet_promoted(request: dict) -> bool:
+        if request["already_promoted"]:
+            print(f"{request['model_name']}:{request['model_version']} is already {request['alias']}: nothing to do")
+        return not request["already_promoted"]
+
+    @task
+    def fetch_baseline(request: dict, run_id: str | None = None) -> dict:
+        folder = p.run_folder("model_promotion", run_id, request["model_name"], request["model_version"])
+        return p.fetch_baseline(request["model_name"], request["champion_version"], folder)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def record_evidence(request: dict, run_id: str | None = None) -> dict:
+        folder = p.run_folder("model_promotion", run_id, request["model_name"], request["model_version"])
+        title = f"Promote {request['model_name']}:{request['model_version']} to {request['target_env']}"
+        return p.record_evidence(request["model_name"], request["model_version"], dag_id="model_promotion",
+                                 dag_run_id=run_id, results_dir=folder, title=title)
+
+    @task
+    def require_gates_passed(evidence: dict) -> None:
+        try:
+            p.require_gates_passed(evidence)
+        except p.GateFailed as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    request = validate_request()
+    go = not_yet_promoted(request)
+    baseline = fetch_baseline(request)
+    subject = Subject(name=NAME, version=VERSION, source="{{ ti.xcom_pull(task_ids='validate_request')['source'] }}",
+                      results_dir=FOLDER)
+    chain = build_evaluation(subject)
+    go >> [chain["stage"], baseline]
+    for gate in chain["gates"].values():
+        baseline >> gate
+    evidence = record_evidence(request)
+    list(chain["gates"].values()) >> evidence
+    gates_ok = require_gates_passed(evidence)
+
+    approval = ApprovalOperator(
+        task_id="approval",
+        subject="Promote {{ params.model_name }}:{{ params.model_version }} to {{ params.target_env }}?",
+        body="{{ ti.xcom_pull(task_ids='record_evidence')['report'] }}",
+        assigned_users=[{"id": u, "name": u} for u in APPROVERS],
+        response_timeout=RESPONSE_TIMEOUT,
+        defaults="Reject",  # silence is a no
+        retries=3,  # apache/airflow#72716: an answer within ~250 ms of parking can fail the task
+        retry_delay=timedelta(seconds=5),
+    )
+    gates_ok >> approval
+
+    # -- canary: the candidate beside the champion, on replayed traffic ---------------------
+    @task
+    def canary_plan(request: dict) -> dict:
+        if not request["champion_version"]:
+            raise AirflowFailException("no champion to canary against; promote a first champion explicitly")
+        return request
+
+    plan = canary_plan(request)
+    approval >> plan
+    stage_stable = pod_task(PodStep(
+        name="stage-stable", command=("python", "-m", "evals.stage"),
+        args=("--source", "{{ ti.xcom_pull(task_ids='validate_request')['champion_source'] }}",
+              "--dest", c.MODEL_MOUNT_PATH),
+        resources=Resources(cpu="2", memory="4Gi"), volume=ModelVolume.for_staging(),
+    ), task_id="stage_stable", retries=2)
+    stable = ModelServer(model_name=NAME, model_version=CHAMPION)
+    candidate = ModelServer(model_name=NAME, model_version=VERSION)
+    serve_stable = serve_model(stable, task_id="serve_stable")
+    serve_canary = serve_model(candidate, task_id="serve_canary")
+    canary = pod_task(PodStep(
+        name="canary", command=("python", "-m", "evals.canary"),
+        args=("--deployment", f"{NAME}-canary", "--duration", CANARY_DURATION,
+              "--stable-endpoint", "{{ ti.xcom_pull(task_ids='serve_stable') }}/v1",
+              "--canary-endpoint", "{{ ti.xcom_pull(task_ids='serve_canary') }}/v1",
+              "--quality-threshold", "0.85", "--error-rate-threshold", "0.02",
+              "--threshold-file", "thresholds/canary.yaml",
+              "--output", f"{c.RESULTS_MOUNT_PATH}/{FOLDER}/canary.json"),
+        resources=Resources(cpu="1", memory="1Gi"), volume=ModelVolume.for_reading(),
+        results=ResultsLocation.on_volume(f"{FOLDER}/canary.json"),
+    ), task_id="canary")
+    stop_stable = stop_model(stable, serve_task=serve_stable, task_id="stop_stable")
+    stop_canary = stop_model(candidate, serve_task=serve_canary, task_id="stop_canary")
+    plan >> stage_stable >> [serve_stable, serve_canary] >> canary >> [stop_stable, stop_canary]
+
+    @task
+    def promote(request: dict, evidence: dict, run_id: str | None = None, ti=None) -> dict:
+        decision, who = p.approval_outcome(ti.xcom_pull(task_ids="approval"))
+        if decision != "approved":
+            raise AirflowSkipException(f"not approved ({decision})")
+        return p.promote(request["model_name"], request["model_version"], request["alias"], approver=who,
+                         evidence_run_id=evidence["run_id"], canary={"decision": "promote"})
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def finalize(request: dict, run_id: str | None = None, ti=None) -> dict:
+        """Say how the promotion ended, and audit every ending that moved nothing."""
+        evidence = ti.xcom_pull(task_ids="record_evidence") or {}
+        moved = ti.xcom_pull(task_ids="promote")
+        if moved:
+            return {"outcome": "promoted", **moved}
+        decision, who = p.approval_outcome(ti.xcom_pull(task_ids="approval"))
+        if evidence.get("failed_gates"):
+            outcome, why = "gate_failed", "; ".join(evidence["failed_gates"])
+        elif decision in ("rejected", "timed_out", "no_response"):
+            outcome, why = decision, f"approval {decision}"
+        else:
+            outcome, why = "rolled_back", "canary did not hold; the champion keeps serving"
+        record = p.record_no_move(request["model_name"], request["model_version"], request["alias"],
+                                  decision=outcome, actor=who, evidence_run_id=evidence.get("run_id"), why=why)
+        if outcome != "promoted":
+            raise AirflowFailException(f"promotion ended without a move: {outcome} ({why})")
+        return record
+
+    promoted = promote(request, evidence)
+    canary >> promoted
+    done = finalize(request)
+    [promoted, stop_stable, stop_canary] >> done

@@ -1,0 +1,141 @@
+"""The evaluation chain both DAGs share, described once as pod steps.
+
+    stage weights -> serve (setup) -> quality, safety, latency -> stop (teardown)
+                  -> gate_check per suite (against the champion's results as baseline)
+
+Everything that names the version under test is an Airflow template, so the same
+builder serves ``model_promotion`` (Params) and ``nightly_eval`` (a mapped task group
+whose map index picks the target from the discovery task's list).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from tollgate import constants as c
+from tollgate.operators.factory import pod_task
+from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation, SecretEnv, Toleration
+from tollgate.serving import ModelServer, serve_model, stop_model
+
+SUITES = ("quality", "safety", "latency")
+EVAL_SUITES = ("quality", "safety")
+THRESHOLDS_ENV = "TOLLGATE_THRESHOLDS"  # folder of gate files: thresholds (production) or thresholds/embedded
+S3_SECRET_NAME = "tollgate-s3"  # noqa: S105 - a Secret name, not a secret; Kubernetes Secret with the S3 credentials (keys: access-key-id, secret-access-key)
+JUDGE_SECRET_NAME = "tollgate-judge"  # noqa: S105 - a Secret name; optional: API key of an external judge endpoint
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Knobs of one evaluation, from the environment so the embedded default can shrink them."""
+
+    thresholds_dir: str
+    limit: str
+    concurrent_users: str
+    duration_s: str
+
+    @classmethod
+    def from_env(cls) -> EvalSettings:
+        return cls(
+            thresholds_dir=os.environ.get(THRESHOLDS_ENV, "thresholds"),
+            limit=os.environ.get("TOLLGATE_EVAL_LIMIT", "0"),
+            concurrent_users=os.environ.get("TOLLGATE_BENCH_USERS", "50"),
+            duration_s=os.environ.get("TOLLGATE_BENCH_DURATION", "300"),
+        )
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Which version a chain evaluates; every field may be an Airflow template."""
+
+    name: str
+    version: str
+    source: str  # s3://bucket/models/NAME/VERSION
+    results_dir: str  # relative folder under /results for this run's files
+
+
+def s3_env() -> tuple[dict[str, str], tuple[SecretEnv, ...]]:
+    """Endpoint as plain env (it is no secret); credentials from the Secret (or the worker env, locally)."""
+    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+           if os.environ.get(k)}
+    secrets = (
+        SecretEnv("AWS_ACCESS_KEY_ID", secret=S3_SECRET_NAME, key="access-key-id", optional=True),
+        SecretEnv("AWS_SECRET_ACCESS_KEY", secret=S3_SECRET_NAME, key="secret-access-key", optional=True),
+    )
+    return env, secrets
+
+
+def results_path(subject: Subject, filename: str) -> str:
+    return f"{c.RESULTS_MOUNT_PATH}/{subject.results_dir}/{filename}"
+
+
+def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettings | None = None) -> dict[str, object]:
+    """Create the chain's tasks in the current DAG (or task group); return them by role.
+
+    ``prefix`` is the task-group id the tasks live in ("" at DAG level): templates that
+    pull the endpoint need the full task id.
+    """
+    settings = settings or EvalSettings.from_env()
+    model_ref = f"{subject.name}:{subject.version}"
+    s3_plain, s3_secrets = s3_env()
+    gpu = Resources(cpu="4", memory="16Gi", gpu=1)
+
+    stage = pod_task(PodStep(
+        name="stage-weights",
+        command=("python", "-m", "evals.stage"),
+        args=("--source", subject.source, "--dest", c.MODEL_MOUNT_PATH),
+        env=s3_plain, secret_env=s3_secrets,
+        resources=Resources(cpu="2", memory="4Gi"),
+        volume=ModelVolume.for_staging(),
+    ), task_id="stage_weights", retries=2)
+
+    server = ModelServer(model_name=subject.name, model_version=subject.version)
+    serve = serve_model(server, task_id="serve_model")
+    serve_id = f"{prefix}serve_model"
+    endpoint = "{{ ti.xcom_pull(task_ids='" + serve_id + "') }}/v1"
+
+    evals = {}
+    limit = ("--limit", settings.limit) if settings.limit not in ("", "0") else ()
+    for suite in EVAL_SUITES:
+        evals[suite] = pod_task(PodStep(
+            name=f"eval-{suite}",
+            command=("python", "-m", "evals.run"),
+            args=("--model", model_ref, "--suite", suite, "--endpoint", endpoint, *limit,
+                  "--output", results_path(subject, f"{suite}.json")),
+            env={"RAGAS_DO_NOT_TRACK": "true"},
+            secret_env=(SecretEnv("TOLLGATE_JUDGE_API_KEY", secret=JUDGE_SECRET_NAME, key="api-key", optional=True),),
+            resources=gpu, tolerations=(Toleration.gpu(),),
+            volume=ModelVolume.for_reading(),
+            results=ResultsLocation.on_volume(f"{subject.results_dir}/{suite}.json"),
+        ), task_id=f"eval_{suite}", retries=1)
+    evals["latency"] = pod_task(PodStep(
+        name="benchmark-latency",
+        command=("python", "-m", "evals.benchmark"),
+        args=("--model", model_ref, "--endpoint", endpoint, "--concurrent-users", settings.concurrent_users,
+              "--duration", settings.duration_s, "--output", results_path(subject, "latency.json")),
+        resources=Resources(cpu="4", memory="4Gi"),
+        volume=ModelVolume.for_reading(),
+        results=ResultsLocation.on_volume(f"{subject.results_dir}/latency.json"),
+    ), task_id="benchmark_latency", retries=1)
+
+    stop = stop_model(server, serve_task=serve, task_id="stop_model")
+
+    gates = {}
+    for suite in SUITES:
+        gates[suite] = pod_task(PodStep(
+            name=f"gate-{suite}",
+            command=("python", "-m", "evals.gate_check"),
+            args=("--results", results_path(subject, f"{suite}.json"),
+                  "--threshold-file", f"{settings.thresholds_dir}/{suite}.yaml",
+                  "--baseline", results_path(subject, f"baseline/{suite}.json"),
+                  "--output", results_path(subject, f"{suite}.verdict.json"),
+                  "--report", results_path(subject, f"{suite}.report.md")),
+            resources=Resources(cpu="500m", memory="512Mi"),
+            volume=ModelVolume.for_reading(),
+            results=ResultsLocation.on_volume(f"{subject.results_dir}/{suite}.verdict.json"),
+        ), task_id=f"gate_{suite}")
+
+    stage >> serve >> list(evals.values()) >> stop
+    for suite in SUITES:
+        evals[suite] >> gates[suite]
+    return {"stage": stage, "serve": serve, "evals": evals, "stop": stop, "gates": gates}

@@ -1,0 +1,184 @@
+"""The decisions and records of ``model_promotion`` and ``nightly_eval``, as plain functions.
+
+DAG files wire these into tasks; tests call them directly. Heavy imports (mlflow)
+happen inside ``tollgate.tracking`` / ``tollgate.registry`` calls, never at import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from tollgate import constants as c
+from tollgate.exceptions import TollgateError
+
+log = logging.getLogger("tollgate.promotion")
+
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"  # no spaces, slashes or shell characters
+MODEL_VERSION_PATTERN = r"^[0-9]{1,9}$"
+TARGET_ALIAS = {"staging": "staging", "production": "champion"}
+SUITES = ("quality", "safety", "latency")
+
+
+class GateFailed(TollgateError):
+    """Evidence says no: a gate failed or could not decide. Nothing moves."""
+
+
+def local_results_dir(results_dir: str) -> Path:
+    """The local folder behind ``/results/<results_dir>`` (the model claim's results/ folder)."""
+    from tollgate import _evals
+
+    root = _evals.settings().home() / c.LOCAL_VOLUMES_DIR / c.MODEL_PVC / c.RESULTS_SUBPATH
+    path = (root / results_dir).resolve()
+    if root.resolve() not in path.parents and path != root.resolve():
+        raise TollgateError(f"results folder {results_dir!r} escapes the results volume")
+    return path
+
+
+def run_folder(dag_id: str, run_id: str, model: str, version: str) -> str:
+    """A filesystem-safe folder name for one DAG run's files about one version."""
+    safe_run = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+    return f"{dag_id}/{safe_run}/{model}-{version}"
+
+
+def validate_request(model_name: str, model_version: str, target_env: str) -> dict[str, Any]:
+    """Check the Params against the registry; say what the promotion would move."""
+    from tollgate import registry
+
+    if not re.match(MODEL_NAME_PATTERN, model_name or ""):
+        raise TollgateError(f"param model_name {model_name!r} must match {MODEL_NAME_PATTERN}")
+    if not re.match(MODEL_VERSION_PATTERN, str(model_version or "")):
+        raise TollgateError(f"param model_version {model_version!r} must match {MODEL_VERSION_PATTERN}")
+    if target_env not in TARGET_ALIAS:
+        raise TollgateError(f"param target_env {target_env!r} must be one of {sorted(TARGET_ALIAS)}")
+    if not registry.model_version_exists(model_name, str(model_version)):
+        raise TollgateError(f"param model_version: {model_name} version {model_version} is not in the registry")
+    cfg = registry.serving_config(model_name, str(model_version))
+    aliases = registry.get_aliases(model_name)
+    alias = TARGET_ALIAS[target_env]
+    champion = aliases.get(registry.CHAMPION)
+    champion_source = registry.serving_config(model_name, champion).source if champion else None
+    return {
+        "model_name": model_name,
+        "model_version": str(model_version),
+        "target_env": target_env,
+        "alias": alias,
+        "source": cfg.source,
+        "champion_version": champion,
+        "champion_source": champion_source,
+        "current_target": aliases.get(alias),
+        "already_promoted": aliases.get(alias) == str(model_version),
+    }
+
+
+def fetch_baseline(model: str, champion_version: str | None, results_dir: str) -> dict[str, str]:
+    """Write the champion's last results per suite to ``<results_dir>/baseline/<suite>.json``.
+
+    Without a champion (or without its results) an empty-metrics file is written: the
+    regression gate then fails closed, as it must, and says the metric is missing.
+    """
+    from tollgate import registry
+
+    folder = local_results_dir(results_dir) / "baseline"
+    folder.mkdir(parents=True, exist_ok=True)
+    found: dict[str, str] = {}
+    for suite in SUITES:
+        data = registry.champion_results(model, suite) if champion_version else None
+        if data is None:
+            data = {"metrics": {}, "meta": {"note": f"no champion results for {suite}; regression gates fail closed"}}
+            found[suite] = "none"
+        else:
+            found[suite] = str((data.get("meta") or {}).get("version", champion_version))
+        (folder / f"{suite}.json").write_text(json.dumps(data, indent=2))
+    log.info("baselines for %s: %s", model, found)
+    return found
+
+
+def record_evidence(model: str, version: str, *, dag_id: str, dag_run_id: str, results_dir: str,
+                    title: str) -> dict[str, Any]:
+    """Log every suite's results, verdict and report to MLflow; return the approval report.
+
+    Runs whatever happened upstream: a suite whose results or verdict file is missing
+    counts as a failed gate ("could not decide"), never as a pass.
+    """
+    from tollgate import tracking
+
+    folder = local_results_dir(results_dir)
+    parent = tracking.start_dag_run(model, version, dag_id=dag_id, dag_run_id=dag_run_id)
+    failed: list[str] = []
+    sections: list[str] = []
+    suite_runs: dict[str, str] = {}
+    for suite in SUITES:
+        results, verdict = folder / f"{suite}.json", folder / f"{suite}.verdict.json"
+        report = folder / f"{suite}.report.md"
+        if not results.is_file() or not verdict.is_file():
+            failed.append(f"{suite}: no {'results' if not results.is_file() else 'verdict'} (evaluation did not finish)")
+            sections.append(f"### {suite}: NO EVIDENCE\n\nThe {suite} evaluation did not produce a judged result.\n")
+            continue
+        plots = sorted(folder.glob(f"{suite}*.png")) + sorted(folder.glob("*cdf*.png") if suite == "latency" else [])
+        suite_runs[suite] = tracking.log_suite_run(parent, suite, results=results, verdict=verdict,
+                                                   report=report if report.is_file() else None, plots=plots)
+        data = json.loads(verdict.read_text())
+        failed += [f"{suite}/{name}" for name in data.get("failed_gates", [])]
+        if not data.get("passed"):
+            failed += [] if data.get("failed_gates") else [f"{suite}: verdict not passed"]
+        sections.append(report.read_text() if report.is_file() else f"### {suite}: see MLflow\n")
+    url = tracking.run_url(parent)
+    tracking.finish_dag_run(parent, passed=not failed, summary={"failed_gates": failed, "suite_runs": suite_runs})
+    body = "\n".join([f"## {title}", "", f"Evidence: [MLflow run]({url})", "", *sections])
+    if failed:
+        body += "\n**Failed or undecided:** " + ", ".join(failed) + "\n"
+    return {"run_id": parent, "run_url": url, "report": body, "failed_gates": failed, "suite_runs": suite_runs}
+
+
+def require_gates_passed(evidence: dict[str, Any] | None) -> None:
+    if not evidence:
+        raise GateFailed("no evidence was recorded; nothing moves")
+    if evidence.get("failed_gates"):
+        raise GateFailed("gate(s) failed, nothing moves, no approval asked: " + ", ".join(evidence["failed_gates"]))
+
+
+def approval_outcome(approval: dict[str, Any] | None) -> tuple[str, str]:
+    """(decision, who) from the ApprovalOperator's XCom: approved/rejected/timed_out/no_response."""
+    if not approval:
+        return "no_response", "nobody"
+    chosen = (approval.get("chosen_options") or [None])[0]
+    user = approval.get("responded_by_user") or {}
+    who = user.get("name") or user.get("id") if isinstance(user, dict) else str(user)
+    if not who:
+        return "timed_out", "nobody"
+    return ("approved" if chosen == "Approve" else "rejected"), str(who)
+
+
+def promote(model: str, version: str, alias: str, *, approver: str, evidence_run_id: str | None,
+            canary: dict[str, Any] | None) -> dict[str, Any]:
+    """Move the alias with its audit record; a version already there changes nothing."""
+    from tollgate import registry
+
+    reason = f"approved by {approver} in model_promotion"
+    if canary:
+        reason += f"; canary {canary.get('decision', 'passed')}"
+    move = registry.move_alias(model, alias, version, actor=approver, reason=reason, evidence_run_id=evidence_run_id)
+    log.info("alias %s of %s: %s -> %s (changed=%s)", alias, model, move.from_version, version, move.changed)
+    return {"alias": alias, "from": move.from_version, "to": version, "changed": move.changed}
+
+
+def record_no_move(model: str, version: str, alias: str, *, decision: str, actor: str,
+                   evidence_run_id: str | None, why: str) -> dict[str, Any]:
+    """Audit a promotion that ended without a move (rejected, timed out, rolled back, gate failed)."""
+    from tollgate import audit, tracking
+
+    c_ = tracking.client()
+    rec = audit.record_decision(c_, model, alias, version, decision=decision, actor=actor, reason=why,
+                                evidence_run_id=evidence_run_id) if hasattr(audit, "record_decision") else None
+    log.info("promotion of %s:%s to %s ended without a move: %s (%s, by %s)", model, version, alias, decision, why,
+             actor)
+    return {"decision": decision, "actor": actor, "why": why, "record": getattr(rec, "record_id", None)}
+
+
+def env_flag(name: str, default: str) -> str:
+    return os.environ.get(name, default)

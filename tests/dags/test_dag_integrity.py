@@ -1,0 +1,76 @@
+"""Every DAG imports cleanly, fast, with the ids, schedules, params, tags and owners we promise."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.airflow import REPO_ROOT
+
+DAGS = REPO_ROOT / "dags"
+HEAVY = {"mlflow", "ragas", "pandas", "great_expectations", "boto3", "torch", "vllm", "numpy", "scipy"}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_every_dag_file_imports_without_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == {"model_promotion", "model_evaluation", "nightly_eval"}
+
+
+@pytest.mark.parametrize("path", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)
+def test_no_heavy_imports_at_module_level(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+        for name in names:
+            assert name.split(".")[0] not in HEAVY, f"{path.name}:{node.lineno} imports {name} at module level"
+
+
+def test_owners_tags_and_no_catchup(dagbag) -> None:
+    for dag_id, dag in dagbag.dags.items():
+        assert "tollgate" in dag.tags, dag_id
+        assert dag.catchup is False, dag_id
+        assert {t.owner for t in dag.tasks} == {"ml-platform"}, dag_id
+        assert dag.doc_md, dag_id
+
+
+def test_schedules(dagbag) -> None:
+    assert dagbag.dags["nightly_eval"].schedule == "0 2 * * *"
+    assert dagbag.dags["model_promotion"].schedule is None
+    assert dagbag.dags["model_evaluation"].schedule is None
+    assert dagbag.dags["model_promotion"].max_active_runs == 1
+
+
+def test_promotion_params_are_validated(dagbag) -> None:
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = dagbag.dags["model_promotion"].params
+    assert set(params.keys()) == {"model_name", "model_version", "target_env"}
+    good = {"model_name": "smollm2-orders", "model_version": "2", "target_env": "production"}
+    ParamsDict({k: params.get_param(k) for k in params}).validate()
+    for key, bad in [("model_name", "orders; rm -rf /"), ("model_name", "a/b"), ("model_name", "has space"),
+                     ("model_version", "2 && true"), ("target_env", "prod")]:
+        d = ParamsDict({k: params.get_param(k) for k in params})
+        with pytest.raises(Exception, match=key):
+            d.update({**good, key: bad})
+            d.validate()
+
+
+def test_promotion_graph_order(dagbag) -> None:
+    dag = dagbag.dags["model_promotion"]
+    upstream = lambda tid: dag.get_task(tid).get_flat_relative_ids(upstream=True)  # noqa: E731
+    assert {"gate_quality", "gate_safety", "gate_latency", "require_gates_passed"} <= upstream("approval")
+    assert "approval" in upstream("canary") and "canary" in upstream("promote")
+    assert dag.get_task("stop_model").is_teardown and dag.get_task("serve_model").is_setup
+    assert dag.get_task("approval").retries >= 1
+    assert dag.get_task("record_evidence").trigger_rule == "all_done"
+    assert dag.get_task("finalize").trigger_rule == "all_done"
