@@ -9,6 +9,9 @@ trail survives deleting a registered model). The record lives in the run's tags
     pending  (run RUNNING)   written before the alias is touched
     applied  (run FINISHED)  the alias now points where the record says
     failed   (run FAILED)    the move was attempted and did not happen
+    recorded (run FINISHED)  a decision that moved nothing (approval rejected or timed
+                             out, canary rolled back, gate failed): ``action`` names it,
+                             ``candidate_version`` the version that did not move in
 
 Why runs and not one JSON-lines artifact or registered-model tags: an append is one
 ``create_run`` (an INSERT in the tracking store), so concurrent writers can never lose each
@@ -21,6 +24,7 @@ by run id.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -31,8 +35,9 @@ if TYPE_CHECKING:
 
 AUDIT_EXPERIMENT = "tollgate/alias-audit"
 PREFIX = "tollgate.audit."
-PENDING, APPLIED, FAILED = "pending", "applied", "failed"
-_RUN_STATUS = {PENDING: "RUNNING", APPLIED: "FINISHED", FAILED: "FAILED"}
+PENDING, APPLIED, FAILED, RECORDED = "pending", "applied", "failed", "recorded"
+_RUN_STATUS = {PENDING: "RUNNING", APPLIED: "FINISHED", FAILED: "FAILED", RECORDED: "FINISHED"}
+_DECISION = re.compile(r"[a-z][a-z0-9_]{0,39}")
 NONE = "-"  # how "no version" (alias unset before, or cleared by a rollback) is written in a tag
 _MAX_REASON = 4000
 
@@ -51,11 +56,12 @@ class AliasAuditRecord:
     evidence_run_id: str | None
     recorded_utc: str
     seq: int
-    action: str = "move"  # move | rollback
+    action: str = "move"  # move | rollback | a decision that moved nothing (rejected, timed_out, ...)
     status: str = PENDING
     rolls_back: str | None = None  # record_id of the move a rollback undid
     dag_id: str | None = None
     dag_run_id: str | None = None
+    candidate_version: str | None = None  # the version the promotion was about
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +91,7 @@ def record_tags(rec: AliasAuditRecord) -> dict[str, str]:
         "evidence_run_id": _v(rec.evidence_run_id), "recorded_utc": rec.recorded_utc,
         "seq": f"{rec.seq:020d}", "action": rec.action, "status": rec.status,
         "rolls_back": _v(rec.rolls_back), "dag_id": _v(rec.dag_id), "dag_run_id": _v(rec.dag_run_id),
+        "candidate_version": _v(rec.candidate_version),
     }
     return {PREFIX + k: v for k, v in tags.items()}
 
@@ -97,6 +104,7 @@ def record_from_tags(record_id: str, tags: dict[str, str]) -> AliasAuditRecord:
         evidence_run_id=_unv(t.get("evidence_run_id")), recorded_utc=t.get("recorded_utc", ""),
         seq=int(t.get("seq", "0")), action=t.get("action", "move"), status=t.get("status", PENDING),
         rolls_back=_unv(t.get("rolls_back")), dag_id=_unv(t.get("dag_id")), dag_run_id=_unv(t.get("dag_run_id")),
+        candidate_version=_unv(t.get("candidate_version")),
     )
 
 
@@ -118,12 +126,13 @@ def previous_target(records: Iterable[AliasAuditRecord], alias: str, current: st
 
 def format_alias_history(records: Iterable[AliasAuditRecord]) -> str:
     """A markdown table of audit records, oldest first (for the README, reports, approvals)."""
-    lines = ["| when (UTC) | model | alias | from | to | by | why | evidence run | action | status |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| when (UTC) | model | alias | from | to | candidate | by | why | evidence run | action | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sort_records(records):
         why = " ".join(r.reason.split()).replace("|", "\\|")
         lines.append(f"| {r.recorded_utc} | {r.model} | {r.alias} | {_v(r.from_version)} | {_v(r.to_version)} "
-                     f"| {r.actor} | {why} | {_v(r.evidence_run_id)} | {r.action} | {r.status} |")
+                     f"| {_v(r.candidate_version)} | {r.actor} | {why} | {_v(r.evidence_run_id)} | {r.action} "
+                     f"| {r.status} |")
     return "\n".join(lines)
 
 
@@ -162,18 +171,53 @@ def write_pending(
     rolls_back: str | None = None,
     dag_id: str | None = None,
     dag_run_id: str | None = None,
+    candidate_version: str | None = None,
+    status: str = PENDING,
 ) -> AliasAuditRecord:
     """Write the record (status pending) before the alias is touched; one INSERT, never lost."""
     seq = time.time_ns()
     draft = AliasAuditRecord(
         record_id="", model=model, alias=alias, from_version=from_version, to_version=to_version, actor=actor,
         reason=reason, evidence_run_id=evidence_run_id, recorded_utc=utc_iso(seq), seq=seq, action=action,
-        status=PENDING, rolls_back=rolls_back, dag_id=dag_id, dag_run_id=dag_run_id,
+        status=status, rolls_back=rolls_back, dag_id=dag_id, dag_run_id=dag_run_id,
+        candidate_version=candidate_version if candidate_version is not None else to_version,
     )
-    name = f"{model} {alias}: {_v(from_version)} -> {_v(to_version)}"
+    name = (f"{model} {alias}: {_v(from_version)} -> {_v(to_version)}" if action in ("move", "rollback")
+            else f"{model} {alias}: {action} {_v(draft.candidate_version)}")
     run = c.create_run(audit_experiment_id(c), run_name=name,
                        tags={**record_tags(draft), "tollgate.kind": "alias_audit", "mlflow.runName": name})
     return AliasAuditRecord(**{**draft.to_dict(), "record_id": run.info.run_id})
+
+
+def record_decision(
+    c: MlflowClient,
+    model: str,
+    alias: str,
+    version: str | int,
+    *,
+    decision: str,
+    actor: str,
+    reason: str,
+    evidence_run_id: str | None = None,
+    dag_id: str | None = None,
+    dag_run_id: str | None = None,
+) -> AliasAuditRecord:
+    """Record a promotion decision that moved nothing (``decision``: rejected, timed_out,
+    rolled_back, gate_failed, ...): from and to are where the alias points now, the
+    version that stayed out is ``candidate_version``. Rollbacks never undo such a record.
+    """
+    from tollgate.registry import RegistryError, get_alias
+
+    if not isinstance(decision, str) or not _DECISION.fullmatch(decision) or decision in ("move", "rollback"):
+        raise RegistryError(f"decision {decision!r} must be a lower_snake_case word other than move/rollback")
+    if not str(actor).strip() or not str(reason).strip():
+        raise RegistryError("actor and reason are required for an audit record")
+    current = get_alias(model, alias, mlflow_client=c)
+    record = write_pending(c, model=model, alias=alias, from_version=current, to_version=current, actor=actor,
+                           reason=reason, evidence_run_id=evidence_run_id, action=decision, dag_id=dag_id,
+                           dag_run_id=dag_run_id, candidate_version=str(version), status=RECORDED)
+    c.set_terminated(record.record_id, status=_RUN_STATUS[RECORDED])
+    return record
 
 
 def set_status(c: MlflowClient, record: AliasAuditRecord, status: str) -> AliasAuditRecord:

@@ -50,7 +50,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 __all__ = [
     "ALIASES", "AliasAuditRecord", "AliasMove", "PromptRef", "RegistryError", "ServingConfig",
     "alias_history", "format_alias_history", "get_alias", "get_aliases", "model_version_exists",
-    "models_with_alias", "move_alias", "register_model_version", "register_prompt", "rollback_alias",
+    "models_with_alias", "move_alias", "record_decision", "register_model_version", "register_prompt",
+    "rollback_alias",
     "serving_config", "champion_results",
 ]
 
@@ -433,6 +434,31 @@ def rollback_alias(
     return _apply(c, model, alias, current, last.from_version, actor=actor, reason=reason,
                   evidence_run_id=evidence_run_id, action="rollback", rolls_back=last.record_id, dag_id=dag_id,
                   dag_run_id=dag_run_id)
+
+
+def record_decision(
+    model: str,
+    alias: str,
+    version: str | int,
+    *,
+    decision: str,
+    actor: str,
+    reason: str,
+    evidence_run_id: str | None = None,
+    dag_id: str | None = None,
+    dag_run_id: str | None = None,
+    tracking_uri: str | None = None,
+) -> AliasAuditRecord:
+    """Audit a promotion of ``version`` to ``alias`` that ended without a move.
+
+    ``decision`` names it (rejected, timed_out, rolled_back, gate_failed, ...); the record
+    shows where the alias stayed. See ``tollgate.audit.record_decision``.
+    """
+    _check_model(model)
+    _check_alias(alias)
+    return audit.record_decision(client(tracking_uri), model, alias, version, decision=decision, actor=actor,
+                                 reason=reason, evidence_run_id=evidence_run_id, dag_id=dag_id,
+                                 dag_run_id=dag_run_id)
 
 
 def alias_history(model: str, alias: str | None = None, *, tracking_uri: str | None = None) -> list[AliasAuditRecord]:

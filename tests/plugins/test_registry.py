@@ -141,7 +141,35 @@ def test_move_alias_writes_audit_record_and_is_idempotent(uri: str, model: str) 
     table = registry.format_alias_history(history)
     lines = table.splitlines()
     assert len(lines) == 2 + 3
-    assert "| champion | 1 | 2 | bob | v2 approved | run-2 | move | applied |" in lines[3]
+    assert "| champion | 1 | 2 | 2 | bob | v2 approved | run-2 | move | applied |" in lines[3]
+
+
+def test_decisions_that_move_nothing_are_recorded_and_never_rolled_back(uri: str, model: str) -> None:
+    v1, v2 = _register(model, uri, 1), _register(model, uri, 2)
+    registry.move_alias(model, "champion", v1, "alice", "v1", tracking_uri=uri)
+    rec = registry.record_decision(model, "champion", v2, decision="rejected", actor="bob",
+                                   reason="latency too close to budget", evidence_run_id="run-9",
+                                   dag_id="model_promotion", dag_run_id="manual__2", tracking_uri=uri)
+    assert (rec.action, rec.status, rec.from_version, rec.to_version, rec.candidate_version) == (
+        "rejected", audit.RECORDED, v1, v1, v2)
+    c = tracking.client(uri)
+    assert c.get_run(rec.record_id).info.status == "FINISHED"
+    # The same entry point the DAG's plugin code calls with its own client.
+    audit.record_decision(c, model, "champion", v2, decision="rolled_back", actor="canary",
+                          reason="canary error rate 4%", evidence_run_id="canary-run")
+    assert registry.get_alias(model, "champion", tracking_uri=uri) == v1
+    history = registry.alias_history(model, "champion", tracking_uri=uri)
+    assert [(r.action, r.status, r.candidate_version) for r in history] == [
+        ("move", audit.APPLIED, v1), ("rejected", audit.RECORDED, v2), ("rolled_back", audit.RECORDED, v2)]
+    assert "| rejected | recorded |" in registry.format_alias_history(history)
+    # A rollback undoes the last move, not a decision: the champion had no target before v1.
+    registry.rollback_alias(model, "champion", "ops", "undo v1", tracking_uri=uri)
+    assert registry.get_alias(model, "champion", tracking_uri=uri) is None
+    for bad in ("", "Approved!", "move", "rollback"):
+        with pytest.raises(RegistryError):
+            registry.record_decision(model, "champion", v2, decision=bad, actor="x", reason="y", tracking_uri=uri)
+    with pytest.raises(RegistryError):
+        registry.record_decision(model, "champion", v2, decision="rejected", actor="", reason="y", tracking_uri=uri)
 
 
 def test_refused_moves_write_nothing(uri: str, model: str) -> None:
