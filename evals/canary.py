@@ -17,7 +17,7 @@ gates of the threshold file (evals.gates, the same judge as evals.gate_check).
 Endpoints: flags, else TOLLGATE_STABLE_ENDPOINT / TOLLGATE_CANARY_ENDPOINT, else the
 in-cluster Services named after the deployment (NAME-canary -> http://NAME-canary:8000/v1
 and http://NAME:8000/v1). An arm config (``--stable-config``/``--canary-config``) is the
-JSON of tollgate.registry.ServingConfig.to_dict(): the version's prompt template
+JSON (a file, or inline) of tollgate.registry.ServingConfig.to_dict(): the version's prompt template
 ({{prompt}} is the traffic line) and generation parameters, so v1 and v2 of the same
 weights are compared with their own prompts.
 
@@ -150,7 +150,8 @@ def _arm_config(path: str | None, flag: str) -> tuple[str | None, str | list[dic
     if path is None:
         return None, DEFAULT_TEMPLATE, dict(DEFAULT_PARAMS), None
     try:
-        doc = json.loads(Path(path).read_text())
+        # Inline JSON too, so a DAG can template the config straight into the argument.
+        doc = json.loads(path if path.lstrip().startswith("{") else Path(path).read_text())
     except OSError as exc:
         raise BadInput(f"{flag} {path}: cannot read ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
@@ -366,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-effect-size", type=float, default=0.2, help="smallest |Cohen's d| that counts")
     p.add_argument("--stable-endpoint", help="OpenAI-compatible URL of the stable model (env TOLLGATE_STABLE_ENDPOINT)")
     p.add_argument("--canary-endpoint", help="OpenAI-compatible URL of the canary (env TOLLGATE_CANARY_ENDPOINT)")
-    p.add_argument("--stable-config", help="ServingConfig JSON of the stable version (prompt, parameters)")
-    p.add_argument("--canary-config", help="ServingConfig JSON of the candidate version")
+    p.add_argument("--stable-config", help="ServingConfig JSON (file or inline) of the stable version: prompt, "
+                                           "parameters")
+    p.add_argument("--canary-config", help="ServingConfig JSON (file or inline) of the candidate version")
     p.add_argument("--model", help="the candidate, NAME:VERSION, for the verdict's meta")
     p.add_argument("--traffic", default=str(DEFAULT_TRAFFIC), help="traffic sample JSONL: user_id, prompt, reference")
     p.add_argument("--canary-weight", type=_weight, default=0.3, help="share of users on the canary, 0.1..0.5")

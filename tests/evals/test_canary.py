@@ -177,15 +177,15 @@ def test_duration_bounds_the_replay(echo_arm: StubArm, tmp_path: Path) -> None:
 
 def test_arm_configs_apply_each_versions_prompt(echo_arm: StubArm, tmp_path: Path) -> None:
     stable_cfg = tmp_path / "stable.json"
-    canary_cfg = tmp_path / "canary.json"
     stable_cfg.write_text(json.dumps({"model": "orders", "version": "1", "template": "{{prompt}}",
                                       "generation_params": {"temperature": 0.0}}))
     # v2: same weights, a prompt that breaks the answer: the canary must lose on quality.
-    canary_cfg.write_text(json.dumps({"model": "orders", "version": "2", "template": "order: {{ prompt }}",
-                                      "generation_params": {"temperature": 0.0, "max_tokens": 8}}))
+    # (Given inline, as a DAG templates it into the argument.)
+    canary_cfg = json.dumps({"model": "orders", "version": "2", "template": "order: {{ prompt }}",
+                             "generation_params": {"temperature": 0.0, "max_tokens": 8}})
     out = tmp_path / "verdict.json"
     proc = run_canary("--stable-endpoint", echo_arm.url, "--canary-endpoint", echo_arm.url,
-                      "--stable-config", str(stable_cfg), "--canary-config", str(canary_cfg),
+                      "--stable-config", str(stable_cfg), "--canary-config", canary_cfg,
                       "--canary-weight", "0.5", "--threshold-file", str(EMBEDDED), "--quality-threshold", "0.0",
                       "--min-samples", "5", "--output", str(out))
     data = json.loads(out.read_text())
@@ -214,6 +214,8 @@ def test_request_body_maps_generation_parameters() -> None:
     (["--threshold-file", "thresholds/nope.yaml"], "thresholds/nope.yaml"),
     (["--stable-endpoint", "ftp://x", "--canary-endpoint", "http://127.0.0.1:9/v1"], "--stable-endpoint"),
     (["--model", "no version"], "--model"),
+    (["--canary-config", "{not json"], "--canary-config"),
+    (["--canary-config", '{"template": 5}'], "template must be"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(args: list[str], needle: str, tmp_path: Path) -> None:
     out = tmp_path / "verdict.json"
