@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,11 @@ def test_ttft_and_itl_are_measured_from_send_not_from_headers(tmp_path, stream_s
     assert m["ttft_p50_ms"] >= 40
     assert m["itl_p50_ms"] >= 10
     assert m["latency_p50_ms"] >= 40 + 4 * 10
+    # Causality: the client cannot see a token before the stub wrote it.
+    with urllib.request.urlopen(url + "/stats") as resp:
+        delivered = json.load(resp)
+    assert delivered["ttft_delivered_count"] >= m["requests_ok"]
+    assert m["ttft_p50_ms"] >= delivered["ttft_delivered_p50_ms"] >= 40
     for s in res["samples"]:
         assert s["e2e_ms"] >= s["ttft_ms"]
         assert s["tpot_ms"] == pytest.approx((s["e2e_ms"] - s["ttft_ms"]) / 4, abs=0.01)
