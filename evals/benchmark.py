@@ -274,13 +274,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     preflight(endpoint, model, api_key)
     payloads = build_payloads(endpoint, model, prompts, args.api, args.max_tokens, args.ignore_eos, api_key)
     started = utc_now()
-    log.info("benchmark %s at %s: %s, %.0f s warm-up + %.0f s measured", model, endpoint.url,
-             shape.describe(), warmup, args.duration)
+    log.info("benchmark %s at %s: %s, %g s warm-up + %g s measured", model, endpoint.url,
+             shape.label(), warmup, args.duration)
     result = run_load(RunConfig(endpoint=endpoint, payloads=payloads, shape=shape, duration_s=args.duration,
                                 warmup_s=warmup, request_timeout_s=args.request_timeout))
     metrics = compute_metrics(result, slo)
 
-    cdf = write_cdf_png(cdf_path_for(output), result.measured, f"{model} at {endpoint.url}: {shape.describe()}")
+    cdf = write_cdf_png(cdf_path_for(output), result.measured, f"{model} at {endpoint.url}: {shape.label()}")
     config = {
         "load": shape.describe(),
         "duration_s": args.duration,
