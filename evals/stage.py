@@ -79,7 +79,7 @@ class StageConfig:
 
     part_size: int = 64 * MiB
     concurrency: int = 16
-    buffer_size: int = 8 * MiB
+    buffer_size: int = 4 * MiB  # per thread: memory stays <= concurrency x buffer_size
     part_attempts: int = 5  # mid-stream failures (reset, stall) per part, resumed at the byte reached
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 10.0
