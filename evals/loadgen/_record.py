@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 
+try:  # ~3x faster than json.loads on small chunks; in the lock, optional in a pod
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+
 OK = "ok"
 ERROR = "error"
 TIMEOUT = "timeout"
-
-_loads = json.loads
 
 
 class RequestRecord:
@@ -102,10 +105,13 @@ class RequestRecord:
 
     def _event(self, event: bytes, now: float) -> None:
         payload = None
-        for line in event.split(b"\n"):
-            if line.startswith(b"data:"):
-                value = line[6:] if line[5:6] == b" " else line[5:]
-                payload = value if payload is None else payload + b"\n" + value
+        if event.startswith(b"data: ") and b"\n" not in event:
+            payload = event[6:]  # the common case: one data line
+        else:
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:"):
+                    value = line[6:] if line[5:6] == b" " else line[5:]
+                    payload = value if payload is None else payload + b"\n" + value
         if payload is None:
             return  # comment (keep-alive ping) or a field we do not use
         if payload == b"[DONE]":
