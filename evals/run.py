@@ -85,7 +85,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # one log line per HTTP request drowns the summary; failures are recorded per sample
-    for noisy in ("httpx", "openai", "instructor"):
+    for noisy in ("httpx", "httpx2", "openai", "instructor", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     name, version = parse_model_ref(args.model)
     _check_numbers(args)
