@@ -255,3 +255,39 @@ def test_invalid_dataset_and_flags_exit_2(tmp_path, quality_set, capsys, monkeyp
     assert run_main(main, ["--model", MODEL, "--suite", "safety", "--output", str(tmp_path / "x.json")]) == 2
     assert "no endpoint" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+# -- the stub itself: its streaming faults are what other suites rely on -------------------
+def _stream(url: str, timeout: float = 5.0) -> tuple[list[str], str | None]:
+    import httpx
+
+    lines: list[str] = []
+    try:
+        with httpx.stream("POST", url + "/chat/completions", timeout=timeout,
+                          json={"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
+            for line in r.iter_lines():
+                if line:
+                    lines.append(line)
+    except httpx.HTTPError as exc:
+        return lines, type(exc).__name__
+    return lines, None
+
+
+def test_fault_stub_streaming_modes():
+    answer = "one two three"
+    with FaultStub(plan=lambda n, body: ["ok", "close", "malformed", "stall"][n - 1], responder=lambda b: answer,
+                   models=(MODEL,)) as stub:
+        lines, err = _stream(stub.url)
+        assert err is None and lines[-1] == "data: [DONE]"
+        final = json.loads(lines[-2][len("data: "):])
+        assert final["usage"]["completion_tokens"] == 3
+        lines, err = _stream(stub.url)  # closed after the first chunk
+        assert err is not None and len(lines) == 1
+        lines, err = _stream(stub.url)  # one data line is not JSON, then a normal end
+        assert err is None and "data: {not json" in lines and lines[-1] == "data: [DONE]"
+        lines, err = _stream(stub.url, timeout=0.5)  # first chunk, then silence
+        assert err == "ReadTimeout" and len(lines) == 1
+    with FaultStub(plan=always("slow_ttft"), slow_s=0.4, models=(MODEL,)) as stub:
+        started = time.monotonic()
+        lines, err = _stream(stub.url)
+        assert err is None and time.monotonic() - started >= 0.4 and lines[-1] == "data: [DONE]"
