@@ -286,7 +286,12 @@ def mlflow_spec(port: int | None = None, *, state_dir: Path | None = None, name:
         "--artifacts-destination", str(state / "artifacts"),
         "--workers", "1",
     ]
-    env = {"MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1",
+        # MLflow 3's job runner (huey consumers for GenAI scorers and prompt optimization)
+        # is unused by Tollgate and costs several processes on a 2-core machine.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
+    }
     return ServerSpec(name=name, argv=argv, port=port, port_env=settings.MLFLOW_PORT_VAR, env=env,
                       ready_timeout_s=120.0)
 

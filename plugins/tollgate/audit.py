@@ -139,22 +139,34 @@ def format_alias_history(records: Iterable[AliasAuditRecord]) -> str:
 # -- the MLflow adapter ----------------------------------------------------------------
 
 
-def audit_experiment_id(c: MlflowClient) -> str:
+_EXPERIMENT_IDS: dict[str, str] = {}  # tracking URI -> id of the audit experiment (ids never change)
+
+
+def audit_experiment_id(c: MlflowClient, *, create: bool = True) -> str | None:
+    """The audit experiment's id, created on first use unless ``create`` is False."""
     from mlflow.exceptions import MlflowException
 
+    key = c.tracking_uri
+    if key in _EXPERIMENT_IDS:
+        return _EXPERIMENT_IDS[key]
     exp = c.get_experiment_by_name(AUDIT_EXPERIMENT)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return c.create_experiment(AUDIT_EXPERIMENT, tags={"tollgate.kind": "alias_audit"})
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        exp = c.get_experiment_by_name(AUDIT_EXPERIMENT)
-        assert exp is not None
-        return exp.experiment_id
+        exp_id = exp.experiment_id
+    elif not create:
+        return None
+    else:
+        try:
+            exp_id = c.create_experiment(AUDIT_EXPERIMENT, tags={"tollgate.kind": "alias_audit"})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            again = c.get_experiment_by_name(AUDIT_EXPERIMENT)  # another writer created it just now
+            assert again is not None
+            exp_id = again.experiment_id
+    _EXPERIMENT_IDS[key] = exp_id
+    return exp_id
 
 
 def write_pending(
@@ -184,8 +196,12 @@ def write_pending(
     )
     name = (f"{model} {alias}: {_v(from_version)} -> {_v(to_version)}" if action in ("move", "rollback")
             else f"{model} {alias}: {action} {_v(draft.candidate_version)}")
-    run = c.create_run(audit_experiment_id(c), run_name=name,
-                       tags={**record_tags(draft), "tollgate.kind": "alias_audit", "mlflow.runName": name})
+    tags = {**record_tags(draft), "tollgate.kind": "alias_audit", "mlflow.runName": name}
+    try:
+        run = c.create_run(str(audit_experiment_id(c)), run_name=name, tags=tags)
+    except Exception:  # noqa: BLE001 - a stale cached id (experiment deleted meanwhile): look it up again
+        _EXPERIMENT_IDS.pop(c.tracking_uri, None)
+        run = c.create_run(str(audit_experiment_id(c)), run_name=name, tags=tags)
     return AliasAuditRecord(**{**draft.to_dict(), "record_id": run.info.run_id})
 
 
@@ -230,8 +246,8 @@ def list_records(c: MlflowClient, model: str, alias: str | None = None) -> list[
     """Every audit record of a model (optionally one alias), oldest first."""
     from tollgate.tracking import quote
 
-    exp = c.get_experiment_by_name(AUDIT_EXPERIMENT)
-    if exp is None:
+    exp_id = audit_experiment_id(c, create=False)
+    if exp_id is None:
         return []
     flt = f"tags.`{PREFIX}model` = {quote(model)}"
     if alias is not None:
@@ -239,7 +255,7 @@ def list_records(c: MlflowClient, model: str, alias: str | None = None) -> list[
     records: list[AliasAuditRecord] = []
     token = None
     while True:
-        page = c.search_runs([exp.experiment_id], filter_string=flt, max_results=1000, page_token=token)
+        page = c.search_runs([exp_id], filter_string=flt, max_results=1000, page_token=token)
         records.extend(record_from_tags(r.info.run_id, r.data.tags) for r in page)
         token = page.token
         if not token:
