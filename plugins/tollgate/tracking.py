@@ -58,7 +58,9 @@ REPORT_ARTIFACT = "report.md"
 PLOTS_DIR = "plots"
 
 # Keys that must never reach MLflow as params or tags, whatever a caller hands in.
-_SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential|auth)", re.I)
+_SECRET_KEY = re.compile(
+    r"(?:^|[._-])(?:secret|password|passwd|token|api[_-]?key|access[_-]?key|credentials?|auth|authorization)"
+    r"(?:[._-]|$)", re.I)  # whole words: max_tokens is a generation parameter, api_token is not
 _MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
 _MAX_TAG_LEN = 8000
 
@@ -252,7 +254,9 @@ def log_suite_run(
     for k, v in _safe_tags(tags).items():
         c.set_tag(run_id, k, v)
 
-    flat_meta = {f"meta.{k}": v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
+    # Timestamps change on every retry and MLflow params are write-once: they stay in results.json.
+    flat_meta = {f"meta.{k}": v for k, v in meta.items()
+                 if isinstance(v, (str, int, float, bool)) and k not in ("started_utc", "finished_utc")}
     _log_params(c, run_id, {**flat_meta, **(params or {})})
     now_ms = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now_ms, 0) for k, v in (data.get("metrics") or {}).items() if _is_number(v)]

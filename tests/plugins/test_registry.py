@@ -296,7 +296,8 @@ def test_parent_and_child_runs_carry_the_conventions_and_feed_the_baseline(
     report = tmp_path / "report.md"
     report.write_text("### quality: PASSED\n")
     child = tracking.log_suite_run(parent, "quality", results=results, verdict=verdict, report=report,
-                                   plots=[_png(tmp_path / "latency_cdf.png")], params={"api_token": "x"},
+                                   plots=[_png(tmp_path / "latency_cdf.png")],
+                                   params={"api_token": "x", "OPENAI_API_KEY": "sk", "max_tokens": 24},
                                    tracking_uri=uri)
     c = tracking.client(uri)
     run = c.get_run(child)
@@ -308,7 +309,9 @@ def test_parent_and_child_runs_carry_the_conventions_and_feed_the_baseline(
     assert tags[tracking.TAG_CODE_REVISION] == "abc123" and tags[tracking.TAG_PASSED] == "true"
     assert run.data.metrics == {"task_success_rate": 0.93, "groundedness_score": 0.88}
     assert run.data.params["meta.dataset_sha256"] == "d" * 64
-    assert "api_token" not in run.data.params
+    assert "api_token" not in run.data.params and "OPENAI_API_KEY" not in run.data.params
+    assert run.data.params["max_tokens"] == "24"  # a generation parameter, not a secret
+    assert "meta.started_utc" not in run.data.params
     assert "aws_secret_access_key" not in c.get_run(parent).data.params
     assert c.get_run(parent).data.params["target_env"] == "staging"
     assert run.info.experiment_id == c.get_experiment_by_name(f"tollgate/{model}").experiment_id
