@@ -329,3 +329,67 @@ def test_local_gate_failure_is_exit_1_with_its_results(tollgate_home: Path):
     assert xcom(dag_run, "gate-check", c.XCOM_EXIT_CODE) == 1
     assert "failed" in str(dag_run.state).lower()
     assert_server_stopped(dag_run)
+
+
+# -- serve/stop edge cases, without a DAG ------------------------------------------------------
+class ServeTI(RecordingTI):
+    def xcom_pull(self, task_ids: str, key: str = "return_value"):
+        return self.xcom.get(key)
+
+
+def test_serving_an_unstaged_version_fails_with_the_reason(tollgate_home: Path):
+    from tollgate.serving import ModelServer
+
+    op = LocalServeModelOperator(task_id="serve_model", server=ModelServer(model_name="orders", model_version="9"))
+    with pytest.raises(TollgateError, match="cannot serve orders:9: .*no config.json"):
+        op.execute({"ti": ServeTI()})
+
+
+def test_a_server_that_dies_before_ready_is_cleaned_up(tollgate_home: Path):
+    from tollgate.serving import ModelServer
+
+    from evals.errors import CheckFailed
+    from evals.servers import ServerSpec
+
+    class Crashing(LocalServeModelOperator):
+        def server_spec(self, model_dir, name, port):
+            return ServerSpec(name="crashing", argv=[sys.executable, "-c", "raise SystemExit(3)"], port=port,
+                              ready_timeout_s=30)
+
+    ti = ServeTI()
+    op = Crashing(task_id="serve_model", server=ModelServer(model_name="orders", model_version="2"))
+    with pytest.raises(CheckFailed, match="exited with code 3 before it was ready"):
+        op.execute({"ti": ti})
+    assert not Path(ti.xcom[c.XCOM_SERVER]["pid_file"]).exists()
+
+
+def test_stop_without_a_started_server_does_nothing(tollgate_home: Path):
+    from tollgate.serving.local import LocalStopModelOperator
+
+    LocalStopModelOperator(task_id="stop_model").execute({"ti": ServeTI()})  # no XCom: no error
+
+
+def test_stop_never_kills_a_group_it_has_no_lease_on(tollgate_home: Path):
+    """Without the pid file the group id may belong to someone else by now."""
+    import subprocess
+
+    from tollgate.serving.local import LocalStopModelOperator
+
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        ti = ServeTI()
+        ti.xcom[c.XCOM_SERVER] = {"pgid": bystander.pid, "pid_file": str(tollgate_home / "run" / "gone.pid")}
+        LocalStopModelOperator(task_id="stop_model").execute({"ti": ti})
+        assert bystander.poll() is None and pid_alive(bystander.pid)
+        # With its lease in place, the same call stops it.
+        lease = tollgate_home / "run" / "lease.pid"
+        lease.parent.mkdir(parents=True, exist_ok=True)
+        lease.write_text(f"{bystander.pid}\n")
+        ti.xcom[c.XCOM_SERVER] = {"pgid": bystander.pid, "pid_file": str(lease)}
+        LocalStopModelOperator(task_id="stop_model").execute({"ti": ti})
+        wait_for(lambda: bystander.poll() is not None, timeout_s=15, what="the leased server to stop")
+        assert not lease.exists()
+    finally:
+        if bystander.poll() is None:
+            os.killpg(bystander.pid, signal.SIGKILL)
+            bystander.wait(timeout=10)
