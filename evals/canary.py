@@ -267,6 +267,8 @@ async def _one(http: Any, arm: Arm, model: str | None, item: TrafficItem) -> dic
             sample.update(ok=True, answer=content[:500])
             if item.reference is not None:
                 sample["quality"] = order_line_quality(content, item.reference)
+                # Where evals.gates looks for per-sample values (a gate with `confidence`).
+                sample["scores"] = {f"{arm.name}_quality": sample["quality"]}
     except Exception as exc:  # noqa: BLE001 - every failure of the arm is an error the verdict counts
         sample["error"] = sample["error"] or type(exc).__name__
     sample["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)

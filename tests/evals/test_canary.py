@@ -193,6 +193,13 @@ def test_arm_configs_apply_each_versions_prompt(echo_arm: StubArm, tmp_path: Pat
     assert data["metrics"]["stable_quality"] == 1.0  # v1's prompt passes the line through: perfect
     assert data["metrics"]["canary_quality"] < 0.5
     assert all(s["answer"].startswith("order: ") for s in data["samples"] if s["arm"] == CANARY)
+    # Per-sample scores where evals.gates finds them: a `confidence` gate judges a bootstrap bound.
+    assert all(s["scores"] == {f"{s['arm']}_quality": s["quality"]} for s in data["samples"])
+    bound = tmp_path / "ci.yaml"
+    bound.write_text("gates:\n  q:\n    metric: stable_quality\n    min: 0.99\n    confidence: 0.95\n")
+    assert gate_check(out, bound) == 0  # every stable answer scored 1.0
+    bound.write_text("gates:\n  q:\n    metric: canary_quality\n    min: 0.5\n    confidence: 0.95\n")
+    assert gate_check(out, bound) == 1
     assert data["metrics"]["canary_significant_quality_regression"] == 1.0
     assert proc.returncode == 1 and data["verdict"]["decision"] == "rollback"
 
