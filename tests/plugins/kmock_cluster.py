@@ -57,6 +57,7 @@ def selector_matches(selector: str, labels: dict[str, str]) -> bool:
 class PodLifecycleEmulator(kmock.KubernetesEmulator):
     exit_codes: dict[str, int]
     phase_seconds: float
+    deployments_become_ready: bool
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.url.path == "/version/":  # the kubernetes client's VersionApi adds the slash
@@ -106,7 +107,8 @@ class PodLifecycleEmulator(kmock.KubernetesEmulator):
                         continue
                     if resource.plural == "pods":
                         self._advance_pod(obj)
-                    elif resource.plural == "deployments" and not obj.get("status", {}).get("readyReplicas"):
+                    elif (resource.plural == "deployments" and self.deployments_become_ready
+                          and not obj.get("status", {}).get("readyReplicas")):
                         replicas = obj.get("spec", {}).get("replicas", 1)
                         obj.patch({"status": {"replicas": replicas, "readyReplicas": replicas,
                                               "availableReplicas": replicas, "observedGeneration": 1}})
@@ -145,8 +147,10 @@ class PodLifecycleEmulator(kmock.KubernetesEmulator):
 class KmockCluster:
     """``with KmockCluster(tmp_path, exit_codes={"gate-check": 1}) as cluster: ...``"""
 
-    def __init__(self, workdir: Path, exit_codes: dict[str, int] | None = None, phase_seconds: float = 0.3) -> None:
+    def __init__(self, workdir: Path, exit_codes: dict[str, int] | None = None, phase_seconds: float = 0.3,
+                 deployments_become_ready: bool = True) -> None:
         self.workdir = workdir
+        self.deployments_become_ready = deployments_become_ready
         self.exit_codes = dict(exit_codes or {})
         self.phase_seconds = phase_seconds
         self.loop = asyncio.new_event_loop()
@@ -162,6 +166,7 @@ class KmockCluster:
         self.emulator = PodLifecycleEmulator()
         self.emulator.exit_codes = self.exit_codes
         self.emulator.phase_seconds = self.phase_seconds
+        self.emulator.deployments_become_ready = self.deployments_become_ready
         for res in ("v1/pods", "v1/events", "v1/services", "apps/v1/deployments"):
             self.emulator.resources[res] = {}
         await self.emulator.__aenter__()

@@ -107,3 +107,26 @@ def test_bad_input_is_told_apart_from_a_failed_check(tmp_path: Path):
     assert xcom(dag_run, "stage-weights", c.XCOM_EXIT_CODE) == 2
     assert states["eval-quality"] == "upstream_failed"
     assert deployments == []  # nothing was served for a model that never staged
+
+
+def test_model_server_that_never_gets_ready_fails_the_setup_in_time(tmp_path: Path):
+    from airflow.sdk.exceptions import AirflowException
+    from tollgate.podspec import Resources
+    from tollgate.serving import ModelServer
+    from tollgate.serving.kubernetes import KubernetesServeModelOperator, KubernetesStopModelOperator
+
+    server = ModelServer(model_name="orders", model_version="7", ready_timeout_s=1.5,
+                         resources=Resources(cpu="1", memory="1Gi"))
+    with KmockCluster(tmp_path, deployments_become_ready=False) as cluster:
+        target = KubernetesTarget(namespace=NAMESPACE, conn_id=None, config_file=str(cluster.kubeconfig))
+        serve = KubernetesServeModelOperator(task_id="serve_model", server=server, target=target, poll_interval_s=0.2)
+        with pytest.raises(AirflowException, match="0/1 replicas ready after 2 s"):
+            serve.execute({})
+        # A retried setup finds its own Deployment (409) instead of failing or starting a second one.
+        with pytest.raises(AirflowException, match="replicas ready"):
+            serve.execute({})
+        assert len(cluster.objects("apps/v1/deployments")) == 1
+        KubernetesStopModelOperator(task_id="stop_model", server=server, target=target).execute({})
+        KubernetesStopModelOperator(task_id="stop_model", server=server, target=target).execute({})  # idempotent
+        assert [deleted for _, deleted in cluster.objects("apps/v1/deployments")] == [True]
+        assert [deleted for _, deleted in cluster.objects("v1/services")] == [True]
