@@ -300,7 +300,7 @@ AIRFLOW_PORT_VAR, AIRFLOW_PORT_DEFAULT = "TOLLGATE_AIRFLOW_PORT", 8080
 AIRFLOW_USERS = {"admin": "admin", "approver": "user", "viewer": "viewer"}
 
 
-def airflow_env(home: Path, port: int) -> dict[str, str]:
+def airflow_env(home: Path, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every Airflow process of the embedded default shares (CLI calls too)."""
     venv_bin = Path(sys.executable).parent
     return {
@@ -322,7 +322,9 @@ def airflow_env(home: Path, port: int) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "TOLLGATE_HOME": str(settings.home()),
+        **(extra or {}),
     }
 
 
@@ -349,7 +351,8 @@ def ensure_airflow_passwords(home: Path) -> dict[str, str]:
     return current
 
 
-def airflow_spec(port: int | None = None, *, home: Path | None = None, name: str = "airflow") -> ServerSpec:
+def airflow_spec(port: int | None = None, *, home: Path | None = None, name: str = "airflow",
+                 extra_env: dict[str, str] | None = None) -> ServerSpec:
     """Airflow 3 on SQLite: api-server, scheduler, dag-processor, triggerer in one process group.
 
     This is what `airflow standalone` runs, started by hand because standalone's log
@@ -370,7 +373,8 @@ def airflow_spec(port: int | None = None, *, home: Path | None = None, name: str
         "wait -n; code=$?; echo \"an Airflow component exited ($code); stopping the rest\"; kill 0; exit $code"
     )
     return ServerSpec(name=name, argv=["bash", "-c", script], port=port, port_env=AIRFLOW_PORT_VAR,
-                      health_path="/api/v2/monitor/health", env=airflow_env(home, port), ready_timeout_s=240.0)
+                      health_path="/api/v2/monitor/health", env=airflow_env(home, port, extra_env),
+                      ready_timeout_s=240.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

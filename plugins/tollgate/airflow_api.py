@@ -1,14 +1,15 @@
-"""A small client for Airflow's REST API: log in, find pending approvals, answer them.
+"""A small client for Airflow's REST API: log in, trigger runs, find and answer approvals.
 
-It is what `./tollgate approve` runs, and what tests use to answer an ApprovalOperator
-the way a person's browser would. No Airflow import: it talks HTTP only, so it works
-from a laptop against a remote deployment too.
+It is what `./tollgate demo` and `./tollgate approve` use, and what tests use to answer
+an ApprovalOperator the way a person's browser would. No Airflow import: it talks HTTP
+only, so it works from a laptop against a remote deployment too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -90,3 +91,63 @@ class AirflowApi:
         path = (f"/api/v2/dags/{approval.dag_id}/dagRuns/{urllib.parse.quote(approval.run_id, safe='')}"
                 f"/taskInstances/{approval.task_id}/{approval.map_index}/hitlDetails")
         return self._request("PATCH", path, {"chosen_options": [option], "params_input": {}}, token=self._token)
+
+    # -- DAGs and runs ---------------------------------------------------------------------
+    def wait_for_dag(self, dag_id: str, timeout_s: float = 180.0) -> dict[str, Any]:
+        """Poll until the dag-processor has parsed `dag_id` (a fresh install starts with none)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.get(f"/api/v2/dags/{dag_id}")
+            except ApprovalApiError as exc:
+                if exc.status != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(1.0)  # bounded by the deadline above
+
+    def unpause(self, dag_id: str) -> None:
+        self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token=self._token)
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, run_id: str | None = None) -> str:
+        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
+        if run_id:
+            body["dag_run_id"] = run_id
+        reply = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body, token=self._token)
+        return str(reply["dag_run_id"])
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
+
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return list(self.get(f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=-run_after").get("dag_runs", []))
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        reply = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
+                         "?limit=200")
+        return {t["task_id"]: t.get("state") or "none" for t in reply.get("task_instances", [])}
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float,
+                     until: tuple[str, ...] = ("success", "failed")) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            run = self.dag_run(dag_id, run_id)
+            if run.get("state") in until:
+                return run
+            if time.monotonic() > deadline:
+                raise ApprovalApiError(f"{dag_id} run {run_id} still {run.get('state')} after {timeout_s:.0f} s")
+            time.sleep(2.0)  # bounded by the deadline above
+
+    def wait_for_approval(self, dag_id: str, run_id: str, timeout_s: float) -> PendingApproval:
+        """Poll until the run's approval task waits for a person (or the run ends: an error)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pending = self.pending_approvals(dag_id, run_id)
+            # Answer only once the task is parked: an answer racing the park can fail it (apache/airflow#72716).
+            if pending and self.task_states(dag_id, run_id).get(pending[0].task_id) == "awaiting_input":
+                return pending[0]
+            state = self.dag_run(dag_id, run_id).get("state")
+            if state in ("success", "failed"):
+                raise ApprovalApiError(f"{dag_id} run {run_id} ended ({state}) without asking for approval: "
+                                       f"{self.task_states(dag_id, run_id)}")
+            if time.monotonic() > deadline:
+                raise ApprovalApiError(f"no approval requested by {dag_id} run {run_id} within {timeout_s:.0f} s")
+            time.sleep(2.0)  # bounded by the deadline above

@@ -168,16 +168,16 @@ def promote(model: str, version: str, alias: str, *, approver: str, evidence_run
 
 
 def record_no_move(model: str, version: str, alias: str, *, decision: str, actor: str,
-                   evidence_run_id: str | None, why: str) -> dict[str, Any]:
+                   evidence_run_id: str | None, why: str, dag_id: str | None = None,
+                   dag_run_id: str | None = None) -> dict[str, Any]:
     """Audit a promotion that ended without a move (rejected, timed out, rolled back, gate failed)."""
     from tollgate import audit, tracking
 
-    c_ = tracking.client()
-    rec = audit.record_decision(c_, model, alias, version, decision=decision, actor=actor, reason=why,
-                                evidence_run_id=evidence_run_id) if hasattr(audit, "record_decision") else None
+    rec = audit.record_decision(tracking.client(), model, alias, version, decision=decision, actor=actor,
+                                reason=why, evidence_run_id=evidence_run_id, dag_id=dag_id, dag_run_id=dag_run_id)
     log.info("promotion of %s:%s to %s ended without a move: %s (%s, by %s)", model, version, alias, decision, why,
              actor)
-    return {"decision": decision, "actor": actor, "why": why, "record": getattr(rec, "record_id", None)}
+    return {"decision": decision, "actor": actor, "why": why, "record": rec.record_id}
 
 
 def env_flag(name: str, default: str) -> str:
