@@ -45,6 +45,11 @@ with DAG(
         return p.validate_request(params["model_name"], str(params["model_version"]), "production")
 
     @task
+    def materialize_prompts(request: dict, run_id: str | None = None) -> str:
+        folder = p.run_folder("model_evaluation", run_id, request["model_name"], request["model_version"])
+        return p.materialize_prompts(request["model_name"], request["model_version"], folder)
+
+    @task
     def fetch_baseline(request: dict, run_id: str | None = None) -> dict:
         folder = p.run_folder("model_evaluation", run_id, request["model_name"], request["model_version"])
         return p.fetch_baseline(request["model_name"], request["champion_version"], folder)
@@ -70,6 +75,7 @@ with DAG(
                       source="{{ ti.xcom_pull(task_ids='resolve')['source'] }}", results_dir=FOLDER)
     chain = build_evaluation(subject)
     request >> chain["stage"]
+    materialize_prompts(request) >> list(chain["evals"].values())
     evidence = record_evidence(request)
     for gate in chain["gates"].values():
         baseline >> gate >> evidence

@@ -63,6 +63,11 @@ with DAG(
         return not request["already_promoted"]
 
     @task
+    def materialize_prompts(request: dict, run_id: str | None = None) -> str:
+        folder = p.run_folder("model_promotion", run_id, request["model_name"], request["model_version"])
+        return p.materialize_prompts(request["model_name"], request["model_version"], folder)
+
+    @task
     def fetch_baseline(request: dict, run_id: str | None = None) -> dict:
         folder = p.run_folder("model_promotion", run_id, request["model_name"], request["model_version"])
         return p.fetch_baseline(request["model_name"], request["champion_version"], folder)
@@ -87,7 +92,9 @@ with DAG(
     subject = Subject(name=NAME, version=VERSION, source="{{ ti.xcom_pull(task_ids='validate_request')['source'] }}",
                       results_dir=FOLDER)
     chain = build_evaluation(subject)
-    go >> [chain["stage"], baseline]
+    prompts = materialize_prompts(request)
+    go >> [chain["stage"], baseline, prompts]
+    prompts >> list(chain["evals"].values())
     for gate in chain["gates"].values():
         baseline >> gate
     evidence = record_evidence(request)

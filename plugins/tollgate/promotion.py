@@ -75,6 +75,29 @@ def validate_request(model_name: str, model_version: str, target_env: str) -> di
     }
 
 
+def materialize_prompts(model: str, version: str, results_dir: str) -> str:
+    """Write the version's registered prompt set to ``<results_dir>/prompts/quality.yaml``.
+
+    A version is weights plus prompt plus parameters; evaluating it with any other prompt
+    would judge something that is not going to serve. A version registered without a
+    prompt is evaluated with the repository's default prompt set (and the log says so).
+    """
+    from tollgate import _evals, registry
+
+    cfg = registry.serving_config(model, version)
+    folder = local_results_dir(results_dir) / "prompts"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "quality.yaml"
+    if isinstance(cfg.template, str) and cfg.template.strip():
+        target.write_text(cfg.template)
+        log.info("prompt set of %s:%s: %s", model, version, cfg.prompt.uri if cfg.prompt else "inline")
+    else:
+        default = _evals.settings().REPO_ROOT / "evals" / "prompts" / "quality.yaml"
+        target.write_text(default.read_text())
+        log.warning("%s:%s has no registered prompt; evaluating with the default prompt set", model, version)
+    return str(target)
+
+
 def fetch_baseline(model: str, champion_version: str | None, results_dir: str) -> dict[str, str]:
     """Write the champion's last results per suite to ``<results_dir>/baseline/<suite>.json``.
 
