@@ -14,6 +14,7 @@ from datetime import datetime
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.task.trigger_rule import TriggerRule
+
 from tollgate import nightly as n
 from tollgate import promotion as p
 from tollgate.pipeline import Subject, build_evaluation

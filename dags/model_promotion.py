@@ -14,6 +14,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
+
 from tollgate import constants as c
 from tollgate import promotion as p
 from tollgate.operators.factory import pod_task

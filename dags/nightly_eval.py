@@ -11,6 +11,7 @@ from datetime import datetime
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, task
+
 from tollgate import nightly as n
 
 with DAG(
