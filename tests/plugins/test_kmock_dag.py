@@ -68,6 +68,9 @@ def test_pod_steps_run_end_to_end_against_a_kubernetes_api(tmp_path: Path):
     assert env["OPENAI_BASE_URL"] == endpoint + "/v1"
     assert xcom(dag_run, "serve_model") == endpoint
     assert xcom(dag_run, "eval-quality", c.XCOM_EXIT_CODE) == 0
+    results = xcom(dag_run, "eval-quality", c.XCOM_RESULTS)  # rendered, as the pod saw it
+    assert results.startswith("/results/manual__") and results.endswith("/quality.json") and "{{" not in results
+    assert env[c.RESULTS_ENV] == results
 
     # The model server: created from the infra template, and deleted by the teardown.
     [(deployment, dep_deleted)] = deployments

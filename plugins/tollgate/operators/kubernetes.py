@@ -137,6 +137,7 @@ def container_exit_code(remote_pod: k8s.V1Pod | None, container_name: str) -> in
 class KubernetesStepOperator(KubernetesPodOperator):
     """KubernetesPodOperator for one ``PodStep``, with Tollgate's production settings."""
 
+    template_fields = (*KubernetesPodOperator.template_fields, "results_uri")
     ui_color = "#e3ecfa"
 
     def __init__(self, *, step: PodStep, target: KubernetesTarget | None = None, **kwargs: Any) -> None:
@@ -171,6 +172,8 @@ class KubernetesStepOperator(KubernetesPodOperator):
         )
         self.step = step
         self.target = target
+        # Where the step writes its verdict, as the pod sees it (/results/... on the claim, or s3://).
+        self.results_uri = step.results.uri if step.results else None
 
     def cleanup(
         self,
@@ -182,15 +185,14 @@ class KubernetesStepOperator(KubernetesPodOperator):
         exit_code = container_exit_code(remote_pod, self.base_container_name)
         if context is not None:
             publish_exit_code(context, exit_code)
-            if self.step.results is not None and exit_code in (c.EXIT_PASS, c.EXIT_CHECK_FAILED):
-                context["ti"].xcom_push(key=c.XCOM_RESULTS, value=self.step.results.uri)
+            if self.results_uri and exit_code in (c.EXIT_PASS, c.EXIT_CHECK_FAILED):
+                context["ti"].xcom_push(key=c.XCOM_RESULTS, value=self.results_uri)
         try:
             super().cleanup(pod=pod, remote_pod=remote_pod, xcom_result=xcom_result, context=context)
         except AirflowException as exc:
             if exit_code in (c.EXIT_CHECK_FAILED, c.EXIT_BAD_INPUT):
-                results = self.step.results.uri if self.step.results else None
                 try:
-                    raise_for_exit(self.step.name, exit_code, results)
+                    raise_for_exit(self.step.name, exit_code, self.results_uri)
                 except TollgateError as mapped:
                     raise mapped from exc
             raise
