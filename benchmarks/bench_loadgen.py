@@ -77,6 +77,7 @@ class Load:
     seconds: float
     output_tokens: int
     num_prompts: int  # for vllm bench serve, which runs a fixed number of requests
+    warmup_s: float = 0.0  # evals.benchmark only; 0 where the stub's own record must cover the same requests
 
 
 # -- running tools -------------------------------------------------------------------------
@@ -101,9 +102,8 @@ def run_tool(argv: list[str], log: Path, timeout_s: float, cwd: Path | None = No
 
 def ours(load: Load, work: Path, prompts: Path, tag: str) -> Outcome:
     out = work / f"ours-{tag}.json"
-    warmup = min(2.0, load.seconds / 4)
     argv = [sys.executable, "-m", "evals.benchmark", "--model", load.model, "--endpoint", load.url,
-            "--concurrent-users", str(load.in_flight), "--duration", str(load.seconds), "--warmup", str(warmup),
+            "--concurrent-users", str(load.in_flight), "--duration", str(load.seconds), "--warmup", str(load.warmup_s),
             "--max-tokens", str(load.output_tokens), "--ignore-eos", "--api", "completions",
             "--prompts", str(prompts), "--request-timeout", "60", "--no-samples", "--output", str(out)]
     code, wall = run_tool(argv, work / f"ours-{tag}.log", timeout_s=load.seconds + 120, cwd=REPO)
@@ -167,10 +167,12 @@ def guidellm(load: Load, work: Path, prompts: Path, tag: str) -> Outcome:
     totals = m["request_totals"]
     duration = b["duration"] or float("nan")
     out_tokens = m["output_token_count"]["successful"]["total_sum"]
+    # "incomplete" requests were in flight when the time limit hit: not failures.
+    note = f"{totals['incomplete']} cut off at the time limit" if totals["incomplete"] else ""
     return Outcome(rps=totals["successful"] / duration, ttft_p50_ms=med("time_to_first_token_ms"),
                    tpot_p50_ms=med("time_per_output_token_ms"), e2e_p50_ms=med("request_latency", 1e3),
                    out_tok_s=out_tokens / duration, ok=totals["successful"],
-                   failed=totals["errored"] + totals["incomplete"], wall_s=wall,
+                   failed=totals["errored"], wall_s=wall, note=note,
                    extra={"ttft_p99_ms": m["time_to_first_token_ms"]["successful"]["percentiles"]["p99"]})
 
 
@@ -253,6 +255,7 @@ def main() -> int:
     vllm_prompts = write_prompts(work / "prompts-32.jsonl", 2000, 32)
     results: dict[str, dict[str, Outcome]] = {}
     servers: list[ManagedServer] = []
+    load_before = os.getloadavg()
     print(f"work dir: {work}", flush=True)
     try:
         instant = started(stub_spec(free_port(), tokens=8, name="bench-stub-instant"))
@@ -260,7 +263,7 @@ def main() -> int:
         fixed = started(stub_spec(free_port(), tokens=8, ttft_ms=args.ttft_ms, name="bench-stub-ttft"))
         servers.append(fixed)
         scenarios: list[tuple[str, Load, Path]] = [
-            ("capacity", Load(instant.spec.base_url, STUB_MODEL, 64, args.seconds, 8, 16000), cap_prompts),
+            ("capacity", Load(instant.spec.base_url, STUB_MODEL, 64, args.seconds, 8, 16000, 2.0), cap_prompts),
             ("ttft_c1", Load(fixed.spec.base_url, STUB_MODEL, 1, 4.0, 8, 60), cap_prompts),
             ("ttft_c32", Load(fixed.spec.base_url, STUB_MODEL, 32, 4.0, 8, 1500), cap_prompts),
         ]
@@ -272,7 +275,7 @@ def main() -> int:
                                         name="bench-vllm"))
                 servers.append(srv)
                 vllm_url = srv.spec.base_url
-            scenarios.append(("vllm_c4", Load(vllm_url, VLLM_MODEL, 4, 15.0, 32, 40), vllm_prompts))
+            scenarios.append(("vllm_c4", Load(vllm_url, VLLM_MODEL, 4, 15.0, 32, 40, 2.0), vllm_prompts))
         for tag, load, prompts in scenarios:
             results[tag] = {}
             for name, fn in TOOLS.items():
@@ -291,7 +294,9 @@ def main() -> int:
     ours_cap = results["capacity"]["evals.benchmark"].rps
     vllm_cap = results["capacity"]["vllm bench serve"].rps
     print()
-    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
+    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}; "
+          f"1-min load average {load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end "
+          "(other work on the machine shares these cores)")
     print("\nHarness capacity: instant 8-token stub, 64 requests in flight, completions API")
     print(table(["tool", "max sustained req/s", "vs vllm bench serve", "ok", "failed", "TTFT p50 ms"], [
         [name, fmt(o.rps), f"{o.rps / vllm_cap:.2f}x" if o.rps and vllm_cap else "-", str(o.ok), str(o.failed),
