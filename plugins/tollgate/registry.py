@@ -9,7 +9,8 @@
     rollback_alias("smollm2-orders", "champion", actor="canary", reason="error rate 4%")
 
 Aliases move only through ``move_alias``/``rollback_alias``, and each move writes its audit
-record first (see ``tollgate.audit`` for the storage). Moving an alias to where it already
+record first (see ``tollgate.audit`` for the storage). The prompt's alias of the same name
+follows (``prompts:/NAME.prompt@champion`` is the champion's prompt). Moving an alias to where it already
 points changes nothing and writes nothing: re-running a promotion that already happened is
 a no-op (``AliasMove.changed`` is False).
 
@@ -22,6 +23,7 @@ moving the alias is settled by the next ``move_alias`` of that alias.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,8 @@ from tollgate.tracking import client
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+log = logging.getLogger("tollgate.registry")
 
 CHAMPION, CHALLENGER, STAGING = "champion", "challenger", "staging"
 ALIASES = (CHAMPION, CHALLENGER, STAGING)
@@ -353,8 +357,31 @@ def _apply(
         audit.set_status(c, record, audit.FAILED)
         raise
     record = audit.set_status(c, record, audit.APPLIED)
+    _follow_with_prompt(c, model, alias, to_version)
     return AliasMove(model=model, alias=alias, from_version=current, to_version=to_version, changed=True,
                      record=record)
+
+
+def _follow_with_prompt(c: MlflowClient, model: str, alias: str, to_version: str | None) -> None:
+    """Point the prompt's alias of the same name at the version's prompt, so that
+    ``prompts:/NAME.prompt@champion`` is the champion's prompt. Best effort: the model
+    alias (and the prompt tags on each model version) stay the source of truth.
+    """
+    from mlflow.exceptions import MlflowException
+
+    name = prompt_name(model)
+    try:
+        if to_version is None:
+            if _latest_prompt_version(c, name) is not None:
+                c.delete_prompt_alias(name, alias)
+            return
+        tags = c.get_model_version(model, to_version).tags
+        if TAG_PROMPT_NAME in tags:
+            c.set_prompt_alias(tags[TAG_PROMPT_NAME], alias, int(tags[TAG_PROMPT_VERSION]))
+        elif _latest_prompt_version(c, name) is not None:
+            c.delete_prompt_alias(name, alias)  # this version has no prompt: do not leave a stale one
+    except MlflowException as exc:
+        log.warning("%s alias %s moved, but the prompt alias did not follow: %s", model, alias, exc)
 
 
 def _check_actor(actor: str, reason: str) -> None:

@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+
 from tollgate import audit, registry, tracking
 from tollgate.registry import RegistryError
 
@@ -98,6 +99,13 @@ def test_versions_can_differ_only_in_prompt_and_parameters(uri: str, model: str)
                                         generation_params={"temperature": 0.2, "max_tokens": 32}, tracking_uri=uri)
     # Prompts share the registered-model namespace but are never listed as models.
     registry.move_alias(model, "champion", v1.version, "alice", "first champion", tracking_uri=uri)
+    c = tracking.client(uri)
+    # The prompt's alias follows the model's: prompts:/NAME.prompt@champion is the champion's prompt.
+    assert c.load_prompt(f"prompts:/{model}.prompt@champion").template == TEMPLATE_V1
+    registry.move_alias(model, "champion", v2.version, "alice", "v2", tracking_uri=uri)
+    assert c.load_prompt(f"prompts:/{model}.prompt@champion").template == TEMPLATE_V2
+    registry.rollback_alias(model, "champion", "ops", "back to v1", tracking_uri=uri)
+    assert c.load_prompt(f"prompts:/{model}.prompt@champion").template == TEMPLATE_V1
     listed = registry.models_with_alias("champion", tracking_uri=uri)
     assert listed[model] == str(v1.version)
     assert not any(name.endswith(".prompt") for name in listed)
