@@ -207,6 +207,22 @@ def test_baseline_adds_paired_quality_delta(tmp_path, quality_set):
     assert c["quality_delta_vs_baseline"] < 0
 
 
+def test_separate_judge_endpoint_and_model(tmp_path, quality_set, capsys):
+    """A stronger judge is a flag away: judge calls go to --judge-endpoint as --judge-model."""
+    out = tmp_path / "q.json"
+    with FaultStub(responder=lambda b: ANSWER, models=(MODEL,)) as target, \
+            FaultStub(responder=judge_aware(rating=1), models=("big-judge:7",)) as judge:
+        assert run(target.url, quality_set, out, "--judge-endpoint", judge.base_url,
+                   "--judge-model", "big-judge:7") == 0
+        assert not any(b.get("response_format") for b in target.bodies)
+        assert judge.bodies and all(b["model"] == "big-judge:7" for b in judge.bodies)
+        assert run(target.url, quality_set, out, "--judge-endpoint", judge.url, "--judge-model", "small:1") == 2
+    assert "--judge-model 'small:1' is not served" in capsys.readouterr().err
+    res = load(out) if out.exists() else None
+    assert res is not None and res["metrics"]["groundedness_score"] == 0.5  # rating 1 of 2 from both judge prompts
+    assert res["meta"]["judge"]["endpoint"] == judge.url and res["meta"]["judge"]["model"] == "big-judge:7"
+
+
 # -- bad input: exit 2, one line ---------------------------------------------------------
 def test_bad_model_ref_exits_2_from_the_real_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "evals.run", "--model", "no-version", "--suite", "quality",
