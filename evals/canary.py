@@ -18,8 +18,10 @@ Endpoints: flags, else TOLLGATE_STABLE_ENDPOINT / TOLLGATE_CANARY_ENDPOINT, else
 in-cluster Services named after the deployment (NAME-canary -> http://NAME-canary:8000/v1
 and http://NAME:8000/v1). An arm config (``--stable-config``/``--canary-config``) is the
 JSON (a file, or inline) of tollgate.registry.ServingConfig.to_dict(): the version's prompt template
-({{prompt}} is the traffic line) and generation parameters, so v1 and v2 of the same
-weights are compared with their own prompts.
+(an MLflow template where {{prompt}} is the traffic line, or an evals prompt set whose
+order_normalization task is used) and generation parameters, so v1 and v2 of the same
+weights are compared with their own prompts. Without one, an arm gets the quality
+suite's order-normalization prompt (evals/prompts/quality.yaml).
 
 Bounds: built-in defaults, then the threshold file (thresholds/canary.yaml unless given),
 then the flags. Exit 0 promote, 1 roll back (a broken bound, or too little evidence:
@@ -38,6 +40,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +61,7 @@ from evals.canary_stats import (
 )
 from evals.errors import EXIT_FAIL, EXIT_PASS, BadInput
 from evals.results import build_meta, is_number, parse_model_ref, sha256_file, utc_now, write_results
+from evals.suites import prompts
 
 log = logging.getLogger("tollgate.canary")
 
@@ -74,20 +78,20 @@ POLICY_METRICS = {
     "canary_min_arm_samples": ("min_samples", "gte", "min_samples"),
 }
 
-DEFAULT_TEMPLATE: list[dict[str, str]] = [
-    {"role": "system", "content": "You normalize pizza-shop order lines. Expand abbreviations and answer with "
-                                  "exactly one line in the form \"<quantity>x <Size> <Item>\", nothing else."},
-    {"role": "user", "content": "lg marg pzza x1"},
-    {"role": "assistant", "content": "1x Large Margarita Pizza"},
-    {"role": "user", "content": "garlic brd x3"},
-    {"role": "assistant", "content": "3x Garlic Bread"},
-    {"role": "user", "content": "{{prompt}}"},
-]
+# Without an arm config, both arms get the quality suite's order-normalization prompt
+# (evals/prompts/quality.yaml): the same prompt set evals.run uses, parsed by the same code.
+DEFAULT_PROMPT_SET = prompts.default_prompts("quality")
+PROMPT_TASK = "order_normalization"
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 24}
 # Generation parameters an OpenAI-compatible server takes, and what we call them there.
 OPENAI_PARAMS = {"temperature": "temperature", "max_tokens": "max_tokens", "top_p": "top_p", "seed": "seed",
                  "stop_sequences": "stop", "stop": "stop", "frequency_penalty": "frequency_penalty",
                  "presence_penalty": "presence_penalty", "top_k": "top_k"}
+
+
+# An MLflow prompt template (a string or chat messages with {{prompt}}) or a task of an
+# evals prompt set (system, few-shot turns, user template with {prompt}).
+Template = str | list[dict[str, str]] | prompts.PromptTask
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ class Arm:
     name: str
     endpoint: str  # .../v1
     model: str | None  # served model name; None: ask the endpoint's /v1/models
-    template: str | list[dict[str, str]]
+    template: Template
     params: dict[str, Any]
 
 
@@ -145,10 +149,34 @@ def _endpoint(value: str, flag: str) -> str:
     return value if value.endswith("/v1") else value + "/v1"
 
 
-def _arm_config(path: str | None, flag: str) -> tuple[str | None, str | list[dict[str, str]], dict[str, Any], str | None]:
+def _prompt_task(text: str, where: str) -> prompts.PromptTask:
+    with tempfile.TemporaryDirectory(prefix="tollgate-canary-") as tmp:
+        path = Path(tmp) / "prompts.yaml"
+        path.write_text(text)
+        try:
+            prompt_set = prompts.load_prompts(path, flag=where)
+        except BadInput as exc:
+            raise BadInput(str(exc).replace(str(path), "template")) from None
+    if PROMPT_TASK not in prompt_set.tasks and "default" not in prompt_set.tasks:
+        raise BadInput(f"{where}: the prompt set has no {PROMPT_TASK} (or default) task")
+    return prompt_set.task(PROMPT_TASK)
+
+
+def _is_prompt_set(text: str) -> bool:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    return isinstance(doc, dict) and "tasks" in doc
+
+
+def _arm_config(path: str | None, flag: str) -> tuple[str | None, Template, dict[str, Any], str | None]:
     """(served model, template, params, NAME:VERSION) from a ServingConfig JSON, or the defaults."""
     if path is None:
-        return None, DEFAULT_TEMPLATE, dict(DEFAULT_PARAMS), None
+        task = prompts.load_prompts(DEFAULT_PROMPT_SET).task(PROMPT_TASK)
+        return None, task, {**DEFAULT_PARAMS, **task.params}, None
     try:
         # Inline JSON too, so a DAG can template the config straight into the argument.
         doc = json.loads(path if path.lstrip().startswith("{") else Path(path).read_text())
@@ -158,20 +186,27 @@ def _arm_config(path: str | None, flag: str) -> tuple[str | None, str | list[dic
         raise BadInput(f"{flag} {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(doc, dict):
         raise BadInput(f"{flag} {path}: must be a JSON object (tollgate.registry.ServingConfig.to_dict())")
-    template = doc.get("template") or DEFAULT_TEMPLATE
-    ok = isinstance(template, str) or (isinstance(template, list) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-        for m in template))
-    if not ok:
-        raise BadInput(f"{flag} {path}: template must be a string or a list of {{role, content}} messages")
+    where = f"{flag} {path if not path.lstrip().startswith('{') else '(inline)'}"
+    template: Template = doc.get("template") or prompts.load_prompts(DEFAULT_PROMPT_SET).task(PROMPT_TASK)
     params = doc.get("generation_params") or {}
     if not isinstance(params, dict):
-        raise BadInput(f"{flag} {path}: generation_params must be an object")
+        raise BadInput(f"{where}: generation_params must be an object")
+    task_params: dict[str, Any] = {}
+    if isinstance(template, str) and _is_prompt_set(template):
+        template = _prompt_task(template, where)
+    if isinstance(template, prompts.PromptTask):
+        task_params = template.params
+    else:
+        ok = isinstance(template, str) or (isinstance(template, list) and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in template))
+        if not ok:
+            raise BadInput(f"{where}: template must be a string, chat messages or an evals prompt set")
     ref = f"{doc['model']}:{doc['version']}" if doc.get("model") and doc.get("version") else None
     served = doc.get("served_model") or ref
     if served is not None and not isinstance(served, str):
-        raise BadInput(f"{flag} {path}: served_model must be a string")
-    return served, template, {**DEFAULT_PARAMS, **params}, ref
+        raise BadInput(f"{where}: served_model must be a string")
+    return served, template, {**DEFAULT_PARAMS, **params, **task_params}, ref
 
 
 def build_policy(args: argparse.Namespace) -> tuple[CanaryPolicy, gates.ThresholdFile]:
@@ -213,8 +248,12 @@ def build_policy(args: argparse.Namespace) -> tuple[CanaryPolicy, gates.Threshol
 # -- replay ------------------------------------------------------------------------------------
 
 
-def render(template: str | list[dict[str, str]], prompt: str) -> list[dict[str, str]]:
-    """Chat messages with {{prompt}} (or {{input}}) replaced by the traffic line."""
+def render(template: Template, prompt: str) -> list[dict[str, str]]:
+    """Chat messages for one traffic line: {{prompt}} (or {{input}}) of an MLflow template, or
+    the {prompt} of an evals prompt-set task, replaced by the line."""
+    if isinstance(template, prompts.PromptTask):
+        return template.messages({"prompt": prompt})
+
     def fill(text: str) -> str:
         return re.sub(r"\{\{\s*(prompt|input)\s*\}\}", lambda _: prompt, text)
     if isinstance(template, str):

@@ -261,3 +261,30 @@ def test_policy_comes_from_file_then_flags() -> None:
     assert "canary_significant_quality_regression" in bounds  # the file's other gates are kept
     default, _ = canary.build_policy(_ns())
     assert default.min_samples == 1000 and default.quality_min == 0.85  # thresholds/canary.yaml
+
+
+def test_prompt_set_templates_are_rendered_like_evals_run(tmp_path: Path) -> None:
+    """The embedded demo registers whole evals prompt sets (YAML) as the versions' prompts."""
+    import yaml
+
+    from evals.suites import prompts
+
+    base = yaml.safe_load(prompts.default_prompts("quality").read_text())
+    base["params"]["temperature"] = 0.7
+    base["tasks"]["order_normalization"]["few_shot"] = []
+    cfg = {"model": "smollm2-orders", "version": "1", "template": yaml.safe_dump(base),
+           "generation_params": base["params"]}
+    served, template, params, ref = canary._arm_config(json.dumps(cfg), "--stable-config")
+    assert (served, ref) == ("smollm2-orders:1", "smollm2-orders:1")
+    messages = canary.render(template, "lg pep pza x2")
+    assert [m["role"] for m in messages] == ["system", "user"]  # v1: no few-shot turns
+    assert messages[-1]["content"] == "lg pep pza x2"
+    assert params["temperature"] == 0.7 and params["max_tokens"] == 24  # the task's own override wins
+    # No config: the quality suite's order-normalization prompt, few-shot turns included.
+    _, default, default_params, _ = canary._arm_config(None, "--canary-config")
+    rendered = canary.render(default, "sm coke x1")
+    assert rendered[0]["role"] == "system" and len(rendered) > 3 and rendered[-1]["content"] == "sm coke x1"
+    assert default_params["temperature"] == 0.0
+    broken = {"template": "tasks:\n  order_normalization:\n    user: no placeholder\n"}
+    with pytest.raises(canary.BadInput, match="template"):
+        canary._arm_config(json.dumps(broken), "--canary-config")
