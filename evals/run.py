@@ -36,6 +36,16 @@ GROUP_KEY = {"quality": "task", "safety": "category"}
 JUDGE_METRICS = ("groundedness_score", "hallucination_rate", "answer_relevancy")
 
 
+def _env_float(var: str, default: float) -> float:
+    raw = os.environ.get(var)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise BadInput(f"{var}={raw!r} is not a number") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help=MODEL_REF_HELP + " (the served model name)")
@@ -56,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="judge repeats per sample, for judge noise (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling, generation and the judge (default 0)")
     p.add_argument("--baseline", help="a previous results file of the same suite: adds quality_delta_vs_baseline")
-    p.add_argument("--max-error-share", type=float, default=float(os.environ.get("TOLLGATE_MAX_ERROR_SHARE", 0.2)),
+    p.add_argument("--max-error-share", type=float, default=_env_float("TOLLGATE_MAX_ERROR_SHARE", 0.2),
                    help="fail (exit 1) when more than this share of samples or judgements errored (default 0.2)")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default 60)")
     p.add_argument("--max-retries", type=int, default=2, help="retries with backoff on 5xx/timeouts (default 2)")
-    p.add_argument("--gpu-hour-price", type=float, default=float(os.environ.get("TOLLGATE_GPU_HOUR_PRICE", 2.0)),
+    p.add_argument("--gpu-hour-price", type=float, default=_env_float("TOLLGATE_GPU_HOUR_PRICE", 2.0),
                    help="USD per GPU hour for the cost figures (default $TOLLGATE_GPU_HOUR_PRICE or 2.0)")
     p.add_argument("--hallucination-cutoff", type=float, default=0.5,
                    help="groundedness below this counts as a hallucination (default 0.5)")
@@ -78,6 +88,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise BadInput(f"--max-error-share {args.max_error_share} must be between 0 and 1")
     if args.timeout <= 0 or args.max_retries < 0:
         raise BadInput("--timeout must be positive and --max-retries not negative")
+    if bool(args.embeddings_endpoint) != bool(args.embeddings_model):
+        raise BadInput("--embeddings-endpoint and --embeddings-model go together")
+    if args.gpu_hour_price < 0:
+        raise BadInput(f"--gpu-hour-price {args.gpu_hour_price} must not be negative")
     if not 0.0 <= args.hallucination_cutoff <= 1.0:
         raise BadInput(f"--hallucination-cutoff {args.hallucination_cutoff} must be between 0 and 1")
 

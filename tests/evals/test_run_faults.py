@@ -223,6 +223,19 @@ def test_separate_judge_endpoint_and_model(tmp_path, quality_set, capsys):
     assert res["meta"]["judge"]["endpoint"] == judge.url and res["meta"]["judge"]["model"] == "big-judge:7"
 
 
+@pytest.mark.parametrize("var", ["TOLLGATE_ENDPOINT", "OPENAI_BASE_URL"])
+def test_endpoint_from_the_environment(tmp_path, safety_set, monkeypatch, var):
+    out = tmp_path / "s.json"
+    monkeypatch.delenv("TOLLGATE_ENDPOINT", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with FaultStub(responder=lambda b: "Sure.", models=(MODEL,)) as stub:
+        monkeypatch.setenv(var, stub.base_url)  # without /v1: it is added
+        assert run_main(main, ["--model", MODEL, "--suite", "safety", "--dataset", str(safety_set),
+                               "--output", str(out)]) == 0
+        assert stub.requests == 4
+    assert load(out)["meta"]["endpoint"] == stub.url
+
+
 # -- bad input: exit 2, one line ---------------------------------------------------------
 def test_bad_model_ref_exits_2_from_the_real_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "evals.run", "--model", "no-version", "--suite", "quality",
@@ -265,6 +278,11 @@ def test_invalid_dataset_and_flags_exit_2(tmp_path, quality_set, capsys, monkeyp
         assert f"{bad} line 5" in capsys.readouterr().err
         assert run(stub.url, quality_set, tmp_path / "x.json", "--repeats", "0") == 2
         assert run(stub.url, quality_set, tmp_path / "x.json", "--max-error-share", "1.5") == 2
+        assert run(stub.url, quality_set, tmp_path / "x.json", "--embeddings-model", "e5") == 2
+        monkeypatch.setenv("TOLLGATE_GPU_HOUR_PRICE", "cheap")
+        assert run(stub.url, quality_set, tmp_path / "x.json") == 2
+        assert "TOLLGATE_GPU_HOUR_PRICE='cheap' is not a number" in capsys.readouterr().err
+        monkeypatch.delenv("TOLLGATE_GPU_HOUR_PRICE")
         assert stub.requests == 0
     monkeypatch.delenv("TOLLGATE_ENDPOINT", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
