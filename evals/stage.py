@@ -49,8 +49,10 @@ import logging
 import math
 import os
 import random
+import select
 import shutil
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -87,6 +89,7 @@ class StageConfig:
     lock_timeout_s: float = 3600.0
     fsync: bool = True  # the marker must never name data still only in the page cache
     free_bytes: int | None = None  # override of the free-space probe (quota-backed volumes, tests)
+    splice: bool = True  # plain-HTTP bodies go socket -> pipe -> file in the kernel (Linux splice)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> StageConfig:
@@ -110,6 +113,7 @@ class StageConfig:
             "progress_interval_s": num("TOLLGATE_STAGE_PROGRESS_S", cls.progress_interval_s, float),
             "lock_timeout_s": num("TOLLGATE_STAGE_LOCK_TIMEOUT", cls.lock_timeout_s, float),
             "free_bytes": num("TOLLGATE_STAGE_FREE_BYTES", None, int),
+            "splice": os.environ.get("TOLLGATE_STAGE_SPLICE", "1") not in ("0", "false", "no"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**values)
@@ -150,6 +154,7 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 _RENAME_EXCHANGE = 2
+_F_SETPIPE_SZ = 1031
 _SYNC_FILE_RANGE_WRITE = 2
 _LIBC: Any = None
 
@@ -339,6 +344,7 @@ class _Transfer:
         self.queue: list[tuple[_FileJob, int]] = []
         self.outstanding = 0
         self.local = threading.local()
+        self.splice = cfg.splice and hasattr(os, "splice")
 
     # scheduling ---------------------------------------------------------------------
     def submit(self, tasks: Iterable[tuple[_FileJob, int]]) -> None:
@@ -406,7 +412,9 @@ class _Transfer:
     # one part -------------------------------------------------------------------------
     def _fetch_part(self, job: _FileJob, idx: int) -> None:
         start, end = job.span(idx)
-        inline = job.nparts == 1  # a one-part file is hashed as it arrives; no read-back
+        # Without splice a one-part file is hashed as it passes through our buffer; with
+        # splice the bytes never reach user space, so every file is hashed by read-back.
+        inline = job.nparts == 1 and not self.splice
         pos, attempt = start, 0
         while True:
             try:
@@ -435,7 +443,7 @@ class _Transfer:
         from urllib3.exceptions import HTTPError  # the fallback reader's stream errors
 
         url = self.loc.url_of(job.entry.path)
-        ranged = not (inline and pos == 0)
+        ranged = not (pos == 0 and end == job.entry.size)  # a whole file is one plain GET
         kwargs: dict[str, Any] = {"Bucket": self.loc.bucket, "Key": self.loc.key(job.entry.path)}
         if ranged:
             if end <= pos:
@@ -460,6 +468,9 @@ class _Transfer:
             resp["Body"].close()
             raise CheckFailed(f"{url}: size mismatch (manifest {job.entry.size} bytes, object {total}); "
                               "nothing published")
+        spliceable = self._spliceable(resp) if self.splice else None
+        if spliceable is not None:
+            return self._splice_body(job, *spliceable, pos, end)
         readinto, finish = _body_reader(resp["Body"], resp)
         mv: memoryview = self.local.mv
         ok = False
@@ -490,6 +501,107 @@ class _Transfer:
         finally:
             finish(ok)
         return pos
+
+    @staticmethod
+    def _spliceable(resp: dict[str, Any]) -> tuple[Any, http.client.HTTPResponse, socket.socket] | None:
+        """The pieces for splice, when the body is plain bytes on a plain TCP socket."""
+        raw = getattr(resp["Body"], "_raw_stream", None)
+        fp = getattr(raw, "_fp", None)
+        sock = getattr(getattr(raw, "_connection", None), "sock", None)
+        if (resp.get("ContentEncoding") not in (None, "", "identity") or getattr(raw, "chunked", False)
+                or not isinstance(fp, http.client.HTTPResponse) or not isinstance(sock, socket.socket)
+                or isinstance(sock, ssl.SSLSocket) or not hasattr(fp, "_close_conn")):
+            return None  # TLS (AWS itself) and anything unexpected take the readinto path
+        return raw, fp, sock
+
+    def _pipe(self) -> tuple[int, int]:
+        pipe = getattr(self.local, "pipe", None)
+        if pipe is None:
+            pipe = os.pipe()
+            with contextlib.suppress(OSError):  # 1 MiB pipes: fewer syscalls; the default 64 KiB also works
+                fcntl.fcntl(pipe[1], _F_SETPIPE_SZ, 1 << 20)
+            self.local.pipe = pipe
+        return pipe
+
+    def _drop_pipe(self) -> None:
+        pipe = getattr(self.local, "pipe", None)
+        if pipe is not None:  # it may hold bytes of a broken response
+            for fd in pipe:
+                os.close(fd)
+            self.local.pipe = None
+
+    def _splice_body(self, job: _FileJob, raw: Any, fp: http.client.HTTPResponse, sock: socket.socket,
+                     pos: int, end: int) -> int:
+        """Move the body socket -> pipe -> file inside the kernel, like s5cmd's io.Copy.
+
+        No byte is copied through Python; the file is hashed later from the page cache.
+        The socket is non-blocking under Python's timeout, so we poll with the same
+        read timeout: a stall ends as a retryable error at the byte reached.
+        """
+        ok = False
+        try:
+            buffered = fp.fp.read1(end - pos) if fp.fp is not None else b""  # what http.client already read
+        except (OSError, http.client.HTTPException) as exc:
+            raw.close()
+            raise _Retryable(f"{type(exc).__name__}: {exc}", pos) from None
+        try:
+            if buffered:
+                self._write_at(job, memoryview(buffered), pos)
+                pos += len(buffered)
+            timeout = sock.gettimeout()
+            timeout_ms = int(timeout * 1000) if timeout is not None else -1
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            pr, pw = self._pipe()
+            while pos < end:
+                if self.cancel.is_set():
+                    raise _Cancelled()
+                try:
+                    n = os.splice(sock.fileno(), pw, min(1 << 20, end - pos),
+                                  flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+                except BlockingIOError:
+                    if not poller.poll(timeout_ms):
+                        raise _Retryable(f"no data for {timeout:.0f} s (read timeout)", pos) from None
+                    continue
+                except OSError as exc:
+                    raise _Retryable(f"{type(exc).__name__}: {exc}", pos) from None
+                if n == 0:
+                    raise _Retryable("connection closed before the body ended", pos)
+                while n:
+                    try:
+                        m = os.splice(pr, job.fd, n, offset_dst=pos, flags=os.SPLICE_F_MOVE)
+                    except OSError as exc:
+                        if _is_disk_full(exc):
+                            raise DiskFull(f"disk full writing {job.path.name} ({exc.strerror}); "
+                                           "nothing published") from None
+                        raise
+                    n -= m
+                    pos += m
+                    with self.lock:
+                        self.received += m
+            ok = True
+        finally:
+            if ok:
+                fp.length = 0
+                if fp.fp is not None:
+                    fp._close_conn()  # the body is consumed: the connection may go back to the pool
+            else:
+                self._drop_pipe()
+                with contextlib.suppress(Exception):
+                    raw.close()
+            with contextlib.suppress(Exception):
+                raw.release_conn()
+        return pos
+
+    def _write_at(self, job: _FileJob, data: memoryview, pos: int) -> None:
+        try:
+            _pwrite_all(job.fd, data, pos)
+        except OSError as exc:
+            if _is_disk_full(exc):
+                raise DiskFull(f"disk full writing {job.path.name} ({exc.strerror}); nothing published") from None
+            raise
+        with self.lock:
+            self.received += len(data)
 
     def _advance_hash(self, job: _FileJob, idx: int) -> None:
         """Hash parts in order as they complete: whoever completes the next part hashes onward."""

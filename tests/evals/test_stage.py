@@ -50,10 +50,12 @@ def _assert_staged(dest: Path, name: str, version: str, files: dict[str, bytes])
     assert not [p for p in (dest / name).iterdir() if ".partial" in p.name]
 
 
-def test_stage_cli_verifies_and_publishes_atomically(s3_env, tmp_path):
+@pytest.mark.parametrize("splice", ["1", "0"], ids=["splice", "readinto"])
+def test_stage_cli_verifies_and_publishes_atomically(s3_env, tmp_path, splice):
     url, name, version, files = _publish(s3_env, tmp_path)
     dest = tmp_path / "vol"
-    proc = run_cli("evals.stage", "--source", url, "--dest", str(dest), env={**s3_env.env(), **STAGE_ENV})
+    proc = run_cli("evals.stage", "--source", url, "--dest", str(dest),
+                   env={**s3_env.env(), **STAGE_ENV, "TOLLGATE_STAGE_SPLICE": splice})
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["path"] == str(dest / name / version)

@@ -146,16 +146,20 @@ def test_503s_are_retried_then_staged(s3_server, model, fault_proxy):
     assert (model["final"] / "model.safetensors").read_bytes() == model["files"]["model.safetensors"]
 
 
-def test_cut_mid_body_resumes_at_the_byte_reached(s3_server, model, fault_proxy):
+@pytest.mark.parametrize("splice", ["1", "0"], ids=["splice", "readinto"])
+def test_cut_mid_body_resumes_at_the_byte_reached(s3_server, model, fault_proxy, splice):
     rule = fault_proxy.add(FaultRule(key="model.safetensors", action="cut", after_bytes=MiB + 12345,
                                      range_from=4 * MiB, range_to=8 * MiB))
-    proc = _stage(s3_server, model, fault_proxy.endpoint)
+    fault_proxy.add(FaultRule(key="tokenizer.json", action="cut", after_bytes=20_000))  # a one-part file
+    proc = _stage(s3_server, model, fault_proxy.endpoint, {"TOLLGATE_STAGE_SPLICE": splice})
     assert proc.returncode == 0, proc.stderr
     assert rule.hits == 1
     # the retry asked only for the rest of that part, not the whole part again
     ranges = fault_proxy.gets("model.safetensors")
     assert any(r.startswith(f"bytes={4 * MiB + MiB + 12345}-") for r in ranges), ranges
-    assert (model["final"] / "model.safetensors").read_bytes() == model["files"]["model.safetensors"]
+    assert fault_proxy.gets("tokenizer.json") == ["", "bytes=20000-49999"]
+    for rel in ("model.safetensors", "tokenizer.json"):
+        assert (model["final"] / rel).read_bytes() == model["files"][rel]
 
 
 def test_connection_reset_is_retried(s3_server, model, fault_proxy):
