@@ -280,11 +280,15 @@ def main() -> int:
             results[tag] = {}
             for name, fn in TOOLS.items():
                 print(f"[{tag}] {name} ...", flush=True)
-                if load.url == fixed.spec.base_url:
+                on_stub = load.model == STUB_MODEL
+                if on_stub:
                     stub_stats(load.url, reset=True)
                 results[tag][name] = res = fn(load, work, prompts, tag)
-                if load.url == fixed.spec.base_url:
-                    res.extra["delivered_p50_ms"] = stub_stats(load.url)["ttft_delivered_p50_ms"]
+                if on_stub:
+                    stats = stub_stats(load.url)
+                    res.extra["delivered_p50_ms"] = stats["ttft_delivered_p50_ms"]
+                    res.extra["connections"] = stats["connections"] - 1  # not the /stats request's own
+                    res.extra["stub_completions"] = stats["completions"]
                 print(f"[{tag}] {name}: {fmt(res.rps)} req/s, TTFT p50 {fmt(res.ttft_p50_ms, 2)} ms "
                       f"{res.note}", flush=True)
     finally:
@@ -298,9 +302,11 @@ def main() -> int:
           f"1-min load average {load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end "
           "(other work on the machine shares these cores)")
     print("\nHarness capacity: instant 8-token stub, 64 requests in flight, completions API")
-    print(table(["tool", "max sustained req/s", "vs vllm bench serve", "ok", "failed", "TTFT p50 ms"], [
+    print(table(["tool", "max sustained req/s", "vs vllm bench serve", "ok", "errors", "TTFT p50 ms",
+                 "TCP connections / requests at the stub"], [
         [name, fmt(o.rps), f"{o.rps / vllm_cap:.2f}x" if o.rps and vllm_cap else "-", str(o.ok), str(o.failed),
-         fmt(o.ttft_p50_ms, 2)] for name, o in results["capacity"].items()]))
+         fmt(o.ttft_p50_ms, 2), f"{o.extra.get('connections', '-')} / {o.extra.get('stub_completions', '-')}"]
+        for name, o in results["capacity"].items()]))
     for tag, label in (("ttft_c1", "1 in flight"), ("ttft_c32", "32 in flight")):
         print(f"\nTTFT accuracy: stub with a fixed {args.ttft_ms:g} ms TTFT, {label}")
         print(table(["tool", "reported TTFT p50 ms", "stub delivered p50 ms", "error p50 ms", "reported p99 ms",
@@ -310,9 +316,12 @@ def main() -> int:
              else "-", fmt(o.extra.get("ttft_p99_ms"), 2), str(o.ok)] for name, o in results[tag].items()]))
     if "vllm_c4" in results:
         print("\nvLLM-cpu + SmolLM2-135M, 4 in flight, 32 output tokens (ignore_eos), ~15 s each, one after another")
-        print(table(["tool", "req/s", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "E2E p50 ms", "ok", "failed"], [
+        print(table(["tool", "req/s", "output tok/s", "TTFT p50 ms", "TPOT p50 ms", "E2E p50 ms", "ok", "errors"], [
             [name, fmt(o.rps, 2), fmt(o.out_tok_s), fmt(o.ttft_p50_ms), fmt(o.tpot_p50_ms, 2), fmt(o.e2e_p50_ms),
              str(o.ok), str(o.failed)] for name, o in results["vllm_c4"].items()]))
+    notes = [f"{name} [{tag}]: {o.note}" for tag, r in results.items() for name, o in r.items() if o.note]
+    if notes:
+        print("\nnotes:\n" + "\n".join(f"- {n}" for n in notes))
     if ours_cap and vllm_cap:
         goal = "met" if ours_cap >= 2 * vllm_cap else "NOT met"
         print(f"\ngoal capacity >= 2x vllm bench serve: {goal} ({ours_cap / vllm_cap:.2f}x)")
