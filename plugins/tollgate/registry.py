@@ -9,10 +9,11 @@
     rollback_alias("smollm2-orders", "champion", actor="canary", reason="error rate 4%")
 
 Aliases move only through ``move_alias``/``rollback_alias``, and each move writes its audit
-record first (see ``tollgate.audit`` for the storage). The prompt's alias of the same name
-follows (``prompts:/NAME.prompt@champion`` is the champion's prompt). Moving an alias to where it already
-points changes nothing and writes nothing: re-running a promotion that already happened is
-a no-op (``AliasMove.changed`` is False).
+record first (see ``tollgate.audit`` for the storage); a promotion that ends without a move
+is recorded with ``record_decision``. The prompt's alias of the same name follows
+(``prompts:/NAME.prompt@champion`` is the champion's prompt). Moving an alias to where it
+already points changes nothing and writes nothing: re-running a promotion that already
+happened is a no-op (``AliasMove.changed`` is False).
 
 Same-alias moves are expected to be serialized by the caller (``model_promotion`` runs one
 DAG run per model at a time); MLflow has no compare-and-set on aliases. Records are never
@@ -52,11 +53,10 @@ MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 __all__ = [
-    "ALIASES", "AliasAuditRecord", "AliasMove", "PromptRef", "RegistryError", "ServingConfig",
-    "alias_history", "format_alias_history", "get_alias", "get_aliases", "model_version_exists",
-    "models_with_alias", "move_alias", "record_decision", "register_model_version", "register_prompt",
-    "rollback_alias",
-    "serving_config", "champion_results",
+    "ALIASES", "CHALLENGER", "CHAMPION", "STAGING", "AliasAuditRecord", "AliasMove", "PromptRef", "RegistryError",
+    "ServingConfig", "alias_history", "champion_results", "format_alias_history", "get_alias", "get_aliases",
+    "model_version_exists", "models_with_alias", "move_alias", "prompt_name", "record_decision",
+    "register_model_version", "register_prompt", "rollback_alias", "serving_config",
 ]
 
 
