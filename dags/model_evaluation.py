@@ -9,7 +9,7 @@ notifies when a gate fails or a regression shows.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException
@@ -31,7 +31,7 @@ with DAG(
     catchup=False,
     max_active_runs=4,
     tags=["tollgate", "evaluation"],
-    default_args={"owner": "ml-platform", "retries": 0},
+    default_args={"owner": "ml-platform", "retries": 0, "retry_delay": timedelta(seconds=30)},
     params={
         "model_name": Param("smollm2-orders", type="string", pattern=p.MODEL_NAME_PATTERN),
         "model_version": Param("1", type="string", pattern=p.MODEL_VERSION_PATTERN),

@@ -40,7 +40,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,  # one promotion at a time: alias moves have no compare-and-set in MLflow
     tags=["tollgate", "promotion"],
-    default_args={"owner": "ml-platform", "retries": 0},
+    default_args={"owner": "ml-platform", "retries": 0, "retry_delay": timedelta(seconds=30)},
     params={
         "model_name": Param("smollm2-orders", type="string", pattern=p.MODEL_NAME_PATTERN,
                             description="Registered model name (lowercase, digits, . _ -)"),

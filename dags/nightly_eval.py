@@ -7,7 +7,7 @@ nothing is promoted here. Failed gates and regressions notify from model_evaluat
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, task
@@ -22,7 +22,7 @@ with DAG(
     catchup=False,  # a missed night is not worth five stale evaluations
     max_active_runs=1,
     tags=["tollgate", "evaluation", "nightly"],
-    default_args={"owner": "ml-platform", "retries": 1},
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
     doc_md=__doc__,
 ) as dag:
 

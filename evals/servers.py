@@ -364,9 +364,14 @@ def airflow_spec(port: int | None = None, *, home: Path | None = None, name: str
     port = port if port is not None else settings.env_port(AIRFLOW_PORT_VAR, AIRFLOW_PORT_DEFAULT)
     home = Path(home or settings.home() / "airflow")
     ensure_airflow_passwords(home)
+    health = f"http://{settings.LOOPBACK}:{port}/api/v2/monitor/health"
     script = (
         "set -u; airflow db migrate >/dev/null || exit 3; "
         f"airflow api-server --host {settings.LOOPBACK} --port {port} --workers 1 & "
+        # Tasks report to the api-server's execution API: a scheduler that starts first
+        # queues tasks that then fail their first call (seen: a 10 s read timeout, HTTP 400).
+        "for _ in $(seq 1 240); do python -c \"import urllib.request as u; "
+        f"u.urlopen('{health}', timeout=2)\" 2>/dev/null && break; sleep 1; done; "
         "airflow scheduler --skip-serve-logs & "
         "airflow dag-processor & "
         "airflow triggerer --skip-serve-logs & "

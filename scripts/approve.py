@@ -17,6 +17,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+# tollgate's exceptions come from Airflow's SDK, which reads (and on first use writes) its
+# config in AIRFLOW_HOME: point it at the embedded Airflow, not ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", str(Path(os.environ.get("TOLLGATE_HOME", ROOT / ".tollgate")) / "airflow"))
 
 from evals import settings  # noqa: E402
 from evals.servers import AIRFLOW_PORT_DEFAULT, AIRFLOW_PORT_VAR  # noqa: E402

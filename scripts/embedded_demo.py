@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+# tollgate's exceptions come from Airflow's SDK, which reads (and on first use writes) its
+# config in AIRFLOW_HOME: point it at the embedded Airflow, not ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", str(Path(os.environ.get("TOLLGATE_HOME", ROOT / ".tollgate")) / "airflow"))
 
 from evals import seaweedfs, settings  # noqa: E402
 from evals.servers import ManagedServer, airflow_spec, mlflow_spec  # noqa: E402
@@ -85,6 +88,16 @@ def publish_and_register(s3_env: dict[str, str], tracking_uri: str) -> None:
     log.info("aliases: %s", registry.get_aliases(MODEL))
 
 
+def wait_for_first_run(api, dag_id: str, timeout_s: float) -> str | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = api.dag_runs(dag_id)
+        if runs:
+            return str(runs[0]["dag_run_id"])
+        time.sleep(2.0)  # bounded by the deadline
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("TOLLGATE_DEMO_TIMEOUT", "2400")),
@@ -120,8 +133,10 @@ def main() -> int:
         api = AirflowApi(airflow.spec.base_url, "admin", passwords["admin"])
         for dag_id in ("nightly_eval", "model_evaluation", "model_promotion"):
             api.wait_for_dag(dag_id)
-        nightly = api.trigger("nightly_eval")
-        log.info("triggered nightly_eval (%s); waiting for it and the evaluations it starts", nightly)
+        # A freshly unpaused nightly DAG gets its latest scheduled run at once (catchup off
+        # still runs the last interval): wait for that one rather than queue a second.
+        nightly = wait_for_first_run(api, "nightly_eval", timeout_s=90) or api.trigger("nightly_eval")
+        log.info("nightly_eval run %s; waiting for it and the evaluations it starts", nightly)
         api.wait_for_run("nightly_eval", nightly, args.timeout)
         for run in api.dag_runs("model_evaluation"):
             if run["dag_run_id"].startswith("nightly__"):
