@@ -20,6 +20,7 @@ import os
 import resource
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -76,6 +77,8 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="parent of the temporary folder (default: system temp)")
     ap.add_argument("--tools", default="evals.stage,evals.stage --no-fsync,s5cmd,boto3 download_file")
     args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C: the server's process group is stopped, the data deleted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
 
     work = Path(tempfile.mkdtemp(prefix="tollgate-bench-", dir=args.workdir))

@@ -81,7 +81,7 @@ def publish_model(source: Path, dest: str, *, force: bool = False, concurrency: 
                   client: Any = None) -> PublishResult:
     """Upload SOURCE's files, then the manifest; see the module docstring for the guarantees."""
     from boto3.exceptions import S3UploadFailedError
-    from boto3.s3.transfer import TransferConfig
+    from boto3.s3.transfer import S3Transfer, TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
     loc = parse_model_url(dest, "--dest")
@@ -113,6 +113,7 @@ def publish_model(source: Path, dest: str, *, force: bool = False, concurrency: 
     part = int(os.environ.get("TOLLGATE_PUBLISH_PART_MB", "64") or 64) * MiB  # S3 needs >= 5 MiB
     transfer = TransferConfig(multipart_threshold=part, multipart_chunksize=part,
                               max_concurrency=max(1, concurrency // 2), use_threads=True)
+    uploader = S3Transfer(client, transfer)  # works with a plain botocore client
     lock = threading.Lock()
     done = {"files": 0, "bytes": 0}
     started = time.monotonic()
@@ -123,8 +124,8 @@ def publish_model(source: Path, dest: str, *, force: bool = False, concurrency: 
             log.info("keep %s (already uploaded, sha256 matches)", entry.path)
             return
         try:
-            client.upload_file(str(source / entry.path), loc.bucket, loc.key(entry.path),
-                               ExtraArgs={"Metadata": {SHA_META: entry.sha256}}, Config=transfer)
+            uploader.upload_file(str(source / entry.path), loc.bucket, loc.key(entry.path),
+                                 extra_args={"Metadata": {SHA_META: entry.sha256}})
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, loc.url_of(entry.path)) from None
         except S3UploadFailedError as exc:  # s3transfer wraps the ClientError
