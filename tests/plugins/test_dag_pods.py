@@ -11,9 +11,9 @@ import json
 
 import pytest
 from kubernetes.client import ApiClient
-from tollgate import constants as c
 
 from tests.plugins.conftest import REPO_ROOT
+from tollgate import constants as c
 
 CREDENTIAL_WORDS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "ACCESS_KEY", "PRIVATE_KEY", "CREDENTIAL")
 

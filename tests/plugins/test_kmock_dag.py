@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tollgate import constants as c
-from tollgate.operators import KubernetesTarget
 
 from tests.plugins.airflow_run import run_dag_test, task_states, xcom
 from tests.plugins.dags.tollgate_pod_steps import build_dag
 from tests.plugins.kmock_cluster import STEP_LABEL, KmockCluster
+from tollgate import constants as c
+from tollgate.operators import KubernetesTarget
 
 NAMESPACE = "tollgate-test"
 FAST_POLLING = {"startup_check_interval_seconds": 1, "base_container_status_polling_interval": 0.2}
@@ -114,6 +114,7 @@ def test_bad_input_is_told_apart_from_a_failed_check(tmp_path: Path):
 
 def test_model_server_that_never_gets_ready_fails_the_setup_in_time(tmp_path: Path):
     from airflow.sdk.exceptions import AirflowException
+
     from tollgate.podspec import Resources
     from tollgate.serving import ModelServer
     from tollgate.serving.kubernetes import KubernetesServeModelOperator, KubernetesStopModelOperator

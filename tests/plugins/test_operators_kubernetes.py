@@ -9,6 +9,7 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.sdk.exceptions import AirflowException
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
+
 from tollgate import constants as c
 from tollgate.exceptions import TollgateError
 from tollgate.operators import KubernetesTarget, outcome_for_exit, pod_task

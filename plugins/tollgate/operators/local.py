@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
 
 from tollgate import _evals
 from tollgate import constants as c
@@ -80,6 +81,7 @@ class LocalPodOperator(BaseOperator):
         self.volumes_dir = volumes_dir
         self.kill_grace_s = kill_grace_s
         self._proc: subprocess.Popen[bytes] | None = None
+        self._killed = False
 
     # -- pieces, public so tests and the docs can show them ----------------------------
     def mounts(self) -> dict[str, Path]:
@@ -157,7 +159,12 @@ class LocalPodOperator(BaseOperator):
         finally:
             # Timeout, kill or error in this task: the whole group goes, grandchildren too.
             self._stop_group()
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
         self.log.info("step %s exited with code %s", self.step.name, exit_code)
+        if self._killed:
+            raise AirflowException(f"step {self.step.name}: stopped by Airflow (task killed or timed out); "
+                                   f"its process group was terminated (exit code {exit_code})")
         publish_exit_code(context, exit_code)
         # A failed gate still wrote its verdict: publish where, before failing the task.
         if results and (results.startswith("s3://") or Path(results).is_file()):
@@ -166,6 +173,8 @@ class LocalPodOperator(BaseOperator):
         return None
 
     def on_kill(self) -> None:
+        # Only signals: execute() is still reading the pipe and closes it itself.
+        self._killed = True
         self._stop_group()
 
     def _stop_group(self) -> None:
@@ -175,8 +184,6 @@ class LocalPodOperator(BaseOperator):
         _evals.servers().stop_process_group(proc.pid, timeout_s=self.kill_grace_s, name=f"step {self.step.name}")
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def _mask(value: str) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from airflow.sdk import DAG, BaseOperator, Param
+
 from tollgate.operators import KubernetesTarget, execution_mode, pod_task
 from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation, Toleration
 from tollgate.serving import ModelServer, endpoint_env, serve_model, stop_model
