@@ -121,6 +121,10 @@ def validate_with_great_expectations(path: Path, schema: dict[str, Any], items: 
     import great_expectations as gx
     import pandas as pd
 
+    # GE configures its own loggers on import; its INFO lines (temp docs site, ...) are noise here
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
     df = pd.DataFrame(items)
     df["_line"] = lines
     expectations: list[tuple[str, Any]] = []
