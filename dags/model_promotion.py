@@ -25,6 +25,7 @@ from tollgate.serving import ModelServer, serve_model, stop_model
 APPROVERS = [u.strip() for u in os.environ.get("TOLLGATE_APPROVERS", "approver").split(",") if u.strip()]
 RESPONSE_TIMEOUT = timedelta(hours=float(os.environ.get("TOLLGATE_APPROVAL_TIMEOUT_HOURS", "24")))
 CANARY_DURATION = os.environ.get("TOLLGATE_CANARY_DURATION", "900")
+THRESHOLDS = os.environ.get("TOLLGATE_THRESHOLDS", "thresholds")
 
 REQ = "{{ ti.xcom_pull(task_ids='validate_request') }}"
 NAME = "{{ params.model_name }}"
@@ -135,11 +136,13 @@ with DAG(
     serve_canary = serve_model(candidate, task_id="serve_canary")
     canary = pod_task(PodStep(
         name="canary", command=("python", "-m", "evals.canary"),
-        args=("--deployment", f"{NAME}-canary", "--duration", CANARY_DURATION,
-              "--stable-endpoint", "{{ ti.xcom_pull(task_ids='serve_stable') }}/v1",
-              "--canary-endpoint", "{{ ti.xcom_pull(task_ids='serve_canary') }}/v1",
-              "--quality-threshold", "0.85", "--error-rate-threshold", "0.02",
-              "--threshold-file", "thresholds/canary.yaml",
+        args=("--deployment", f"{NAME}-canary", "--duration", CANARY_DURATION, "--model", f"{NAME}:{VERSION}",
+              "--stable-endpoint", "{{ ti.xcom_pull(task_ids='serve_stable') }}",
+              "--canary-endpoint", "{{ ti.xcom_pull(task_ids='serve_canary') }}",
+              # each arm answers with its own version's prompt and parameters
+              "--stable-config", "{{ ti.xcom_pull(task_ids='validate_request')['champion_config'] | tojson }}",
+              "--canary-config", "{{ ti.xcom_pull(task_ids='validate_request')['candidate_config'] | tojson }}",
+              "--threshold-file", f"{THRESHOLDS}/canary.yaml",
               "--output", f"{c.RESULTS_MOUNT_PATH}/{FOLDER}/canary.json"),
         resources=Resources(cpu="1", memory="1Gi"), volume=ModelVolume.for_reading(),
         results=ResultsLocation.on_volume(f"{FOLDER}/canary.json"),

@@ -166,6 +166,9 @@ def main() -> int:
         log.error("interrupted")
         return 130
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short and orphan a server.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if not ok:
             for srv in reversed(started):
                 srv.stop()

@@ -61,7 +61,7 @@ def validate_request(model_name: str, model_version: str, target_env: str) -> di
     aliases = registry.get_aliases(model_name)
     alias = TARGET_ALIAS[target_env]
     champion = aliases.get(registry.CHAMPION)
-    champion_source = registry.serving_config(model_name, champion).source if champion else None
+    champion_cfg = registry.serving_config(model_name, champion) if champion else None
     return {
         "model_name": model_name,
         "model_version": str(model_version),
@@ -69,7 +69,9 @@ def validate_request(model_name: str, model_version: str, target_env: str) -> di
         "alias": alias,
         "source": cfg.source,
         "champion_version": champion,
-        "champion_source": champion_source,
+        "champion_source": champion_cfg.source if champion_cfg else None,
+        "candidate_config": cfg.to_dict(),
+        "champion_config": champion_cfg.to_dict() if champion_cfg else None,
         "current_target": aliases.get(alias),
         "already_promoted": aliases.get(alias) == str(model_version),
     }
