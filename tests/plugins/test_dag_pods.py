@@ -18,18 +18,35 @@ from tollgate import constants as c
 CREDENTIAL_WORDS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "ACCESS_KEY", "PRIVATE_KEY", "CREDENTIAL")
 
 
-@pytest.fixture(scope="module")
-def kubernetes_dagbag():
+def parse_dags(mode: str):
     from airflow.dag_processing.dagbag import DagBag
 
     mp = pytest.MonkeyPatch()
-    mp.setenv(c.EXECUTION_ENV, "kubernetes")
+    mp.setenv(c.EXECUTION_ENV, mode)
     mp.setenv(c.K8S_NAMESPACE_ENV, "tollgate")
     try:
-        bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+        return DagBag(dag_folder=str(REPO_ROOT / "dags"))
     finally:
         mp.undo()
-    return bag
+
+
+@pytest.fixture(scope="module")
+def kubernetes_dagbag():
+    return parse_dags("kubernetes")
+
+
+def graph(dag) -> dict[str, tuple]:
+    return {t.task_id: (frozenset(t.upstream_task_ids), t.is_setup, t.is_teardown, t.trigger_rule)
+            for t in dag.tasks}
+
+
+def test_same_graph_in_both_modes(kubernetes_dagbag):
+    local = parse_dags("local")
+    assert local.import_errors == {}
+    assert set(local.dags) == set(kubernetes_dagbag.dags)
+    assert pod_tasks(local) == [], "local mode must not need a cluster"
+    for dag_id, dag in local.dags.items():
+        assert graph(dag) == graph(kubernetes_dagbag.dags[dag_id]), dag_id
 
 
 def pod_tasks(bag):
