@@ -26,6 +26,7 @@ APPROVERS = [u.strip() for u in os.environ.get("TOLLGATE_APPROVERS", "approver")
 RESPONSE_TIMEOUT = timedelta(hours=float(os.environ.get("TOLLGATE_APPROVAL_TIMEOUT_HOURS", "24")))
 CANARY_DURATION = os.environ.get("TOLLGATE_CANARY_DURATION", "900")
 THRESHOLDS = os.environ.get("TOLLGATE_THRESHOLDS", "thresholds")
+CANARY_THRESHOLDS = os.environ.get("TOLLGATE_CANARY_THRESHOLDS", f"{THRESHOLDS}/canary.yaml")
 
 REQ = "{{ ti.xcom_pull(task_ids='validate_request') }}"
 NAME = "{{ params.model_name }}"
@@ -142,7 +143,7 @@ with DAG(
               # each arm answers with its own version's prompt and parameters
               "--stable-config", "{{ ti.xcom_pull(task_ids='validate_request')['champion_config'] | tojson }}",
               "--canary-config", "{{ ti.xcom_pull(task_ids='validate_request')['candidate_config'] | tojson }}",
-              "--threshold-file", f"{THRESHOLDS}/canary.yaml",
+              "--threshold-file", CANARY_THRESHOLDS,
               "--output", f"{c.RESULTS_MOUNT_PATH}/{FOLDER}/canary.json"),
         resources=Resources(cpu="1", memory="1Gi"), volume=ModelVolume.for_reading(),
         results=ResultsLocation.on_volume(f"{FOLDER}/canary.json"),

@@ -300,7 +300,8 @@ AIRFLOW_PORT_VAR, AIRFLOW_PORT_DEFAULT = "TOLLGATE_AIRFLOW_PORT", 8080
 AIRFLOW_USERS = {"admin": "admin", "approver": "user", "viewer": "viewer"}
 
 
-def airflow_env(home: Path, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+def airflow_env(home: Path, port: int, extra: dict[str, str] | None = None,
+                users: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every Airflow process of the embedded default shares (CLI calls too)."""
     venv_bin = Path(sys.executable).parent
     return {
@@ -313,7 +314,7 @@ def airflow_env(home: Path, port: int, extra: dict[str, str] | None = None) -> d
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{settings.LOOPBACK}:{port}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in (users or AIRFLOW_USERS).items()),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__API__HOST": settings.LOOPBACK,
         "AIRFLOW__API__PORT": str(port),
@@ -328,7 +329,7 @@ def airflow_env(home: Path, port: int, extra: dict[str, str] | None = None) -> d
     }
 
 
-def ensure_airflow_passwords(home: Path) -> dict[str, str]:
+def ensure_airflow_passwords(home: Path, users: dict[str, str] | None = None) -> dict[str, str]:
     """Random per-installation passwords for the SimpleAuthManager users, kept in AIRFLOW_HOME (0600)."""
     import json
     import secrets
@@ -340,7 +341,7 @@ def ensure_airflow_passwords(home: Path) -> dict[str, str]:
     except (OSError, ValueError):
         current = {}
     changed = False
-    for user in AIRFLOW_USERS:
+    for user in users or AIRFLOW_USERS:
         if not current.get(user):
             current[user] = secrets.token_urlsafe(12)
             changed = True
@@ -352,7 +353,8 @@ def ensure_airflow_passwords(home: Path) -> dict[str, str]:
 
 
 def airflow_spec(port: int | None = None, *, home: Path | None = None, name: str = "airflow",
-                 extra_env: dict[str, str] | None = None) -> ServerSpec:
+                 extra_env: dict[str, str] | None = None, users: dict[str, str] | None = None,
+                 api_server_only: bool = False) -> ServerSpec:
     """Airflow 3 on SQLite: api-server, scheduler, dag-processor, triggerer in one process group.
 
     This is what `airflow standalone` runs, started by hand because standalone's log
@@ -360,10 +362,13 @@ def airflow_spec(port: int | None = None, *, home: Path | None = None, name: str
     scheduler and triggerer run with --skip-serve-logs and the api-server reads task
     logs from the local files. If one component exits, the group is taken down so the
     failure is seen at once rather than as a half-working UI.
+
+    ``api_server_only`` starts just the UI and REST API over the same metadata DB: what
+    tests need beside ``dag.test()``, which schedules and runs the tasks itself.
     """
     port = port if port is not None else settings.env_port(AIRFLOW_PORT_VAR, AIRFLOW_PORT_DEFAULT)
     home = Path(home or settings.home() / "airflow")
-    ensure_airflow_passwords(home)
+    ensure_airflow_passwords(home, users)
     health = f"http://{settings.LOOPBACK}:{port}/api/v2/monitor/health"
     script = (
         "set -u; airflow db migrate >/dev/null || exit 3; "
@@ -372,13 +377,12 @@ def airflow_spec(port: int | None = None, *, home: Path | None = None, name: str
         # queues tasks that then fail their first call (seen: a 10 s read timeout, HTTP 400).
         "for _ in $(seq 1 240); do python -c \"import urllib.request as u; "
         f"u.urlopen('{health}', timeout=2)\" 2>/dev/null && break; sleep 1; done; "
-        "airflow scheduler --skip-serve-logs & "
-        "airflow dag-processor & "
-        "airflow triggerer --skip-serve-logs & "
-        "wait -n; code=$?; echo \"an Airflow component exited ($code); stopping the rest\"; kill 0; exit $code"
+        + ("" if api_server_only else
+           "airflow scheduler --skip-serve-logs & airflow dag-processor & airflow triggerer --skip-serve-logs & ")
+        + "wait -n; code=$?; echo \"an Airflow component exited ($code); stopping the rest\"; kill 0; exit $code"
     )
     return ServerSpec(name=name, argv=["bash", "-c", script], port=port, port_env=AIRFLOW_PORT_VAR,
-                      health_path="/api/v2/monitor/health", env=airflow_env(home, port, extra_env),
+                      health_path="/api/v2/monitor/health", env=airflow_env(home, port, extra_env, users),
                       ready_timeout_s=240.0)
 
 
