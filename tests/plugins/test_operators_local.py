@@ -395,3 +395,24 @@ def test_stop_never_kills_a_group_it_has_no_lease_on(tollgate_home: Path):
         if bystander.poll() is None:
             os.killpg(bystander.pid, signal.SIGKILL)
             bystander.wait(timeout=10)
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_execution_timeout_in_a_real_task_run_kills_the_step(tollgate_home: Path):
+    import datetime
+
+    from airflow.sdk import DAG
+
+    from tests.plugins.airflow_run import run_dag_test, task_states
+
+    pid_file = tollgate_home / "volumes" / c.MODEL_PVC / "results" / "slow.pid"
+    code = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+    with DAG(dag_id="local_timeout", schedule=None) as dag:
+        pod_task(py_step(code, name="slow-eval", args=("/results/slow.pid",)), execution="local",
+                 execution_timeout=datetime.timedelta(seconds=3), kill_grace_s=5)
+    started = time.monotonic()
+    dag_run = run_dag_test(dag)
+    assert task_states(dag_run) == {"slow-eval": "failed"}
+    assert time.monotonic() - started < 90  # nobody waited for the 120 s sleep
+    pid = int(pid_file.read_text())
+    wait_for(lambda: not pid_alive(pid), timeout_s=15, what="the timed-out step to be killed")
