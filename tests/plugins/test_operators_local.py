@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowException
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tollgate import constants as c
 from tollgate.exceptions import TollgateError
@@ -416,3 +418,17 @@ def test_execution_timeout_in_a_real_task_run_kills_the_step(tollgate_home: Path
     assert time.monotonic() - started < 90  # nobody waited for the 120 s sleep
     pid = int(pid_file.read_text())
     wait_for(lambda: not pid_alive(pid), timeout_s=15, what="the timed-out step to be killed")
+
+
+@given(st.text(alphabet=st.characters(codec="ascii", exclude_characters="\x00"), max_size=40))
+def test_map_path_changes_only_what_is_under_a_mount(value: str):
+    root = Path("/local/claim")
+    mounts = {"/models": root, "/results": root / "results"}
+    mapped = map_path(value, mounts)
+    flag, sep, body = value.partition("=") if value.startswith("-") and "=" in value else ("", "", value)
+    under = [m for m in mounts if body == m or body.startswith(m + "/")]
+    if not under:
+        assert mapped == value
+    else:
+        [mount] = under  # /models and /results never both match
+        assert mapped == f"{flag}{sep}{mounts[mount]}{body[len(mount):]}"
