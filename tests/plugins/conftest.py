@@ -49,3 +49,10 @@ def tollgate_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "tollgate-home"
     monkeypatch.setenv("TOLLGATE_HOME", str(home))
     return home
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session's Airflow home and TOLLGATE_HOME go with the session."""
+    import shutil
+
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
