@@ -25,17 +25,37 @@ FAST = {"TOLLGATE_STAGE_PART_MB": "4", "TOLLGATE_STAGE_CONCURRENCY": "4", "TOLLG
         "TOLLGATE_S3_READ_TIMEOUT": "1", "TOLLGATE_STAGE_PART_ATTEMPTS": "3", "AWS_MAX_ATTEMPTS": "2"}
 
 
-@pytest.fixture
-def model(s3_server, tmp_path, monkeypatch):
-    for k, v in s3_server.env().items():
-        monkeypatch.setenv(k, v)
+def _published(s3_server, src: Path) -> tuple[str, str, dict[str, bytes]]:
     version = uuid.uuid4().hex[:8]
-    files = make_model(tmp_path / "src")
-    url = f"s3://{s3_server.bucket}/models/faulty/{version}"
-    publish_model(tmp_path / "src", url)
-    return {"url": url, "prefix": f"models/faulty/{version}", "version": version, "files": files,
-            "dest": tmp_path / "vol", "final": tmp_path / "vol" / "faulty" / version,
-            "partial": tmp_path / "vol" / "faulty" / f".{version}.partial"}
+    files = make_model(src)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in s3_server.env().items():
+            mp.setenv(k, v)
+        publish_model(src, f"s3://{s3_server.bucket}/models/faulty/{version}")
+    return version, f"models/faulty/{version}", files
+
+
+def _model(s3_server, published, dest: Path) -> dict:
+    version, prefix, files = published
+    return {"url": f"s3://{s3_server.bucket}/{prefix}", "prefix": prefix, "version": version, "files": files,
+            "dest": dest, "final": dest / "faulty" / version, "partial": dest / "faulty" / f".{version}.partial"}
+
+
+@pytest.fixture(scope="module")
+def shared_published(s3_server, tmp_path_factory):
+    return _published(s3_server, tmp_path_factory.mktemp("faults-src"))
+
+
+@pytest.fixture
+def model(s3_server, shared_published, tmp_path):
+    """One published version shared by the tests that only read it; each gets its own volume."""
+    return _model(s3_server, shared_published, tmp_path / "vol")
+
+
+@pytest.fixture
+def own_model(s3_server, tmp_path):
+    """A version of its own, for tests that damage the manifest or the objects."""
+    return _model(s3_server, _published(s3_server, tmp_path / "src"), tmp_path / "vol")
 
 
 def _stage(s3_server, model, endpoint=None, extra=None, *args):
@@ -72,12 +92,12 @@ def test_missing_manifest_exits_2_naming_the_key(s3_server, model):
     assert not model["dest"].exists() or not any(model["dest"].rglob("*.safetensors"))
 
 
-def test_missing_object_exits_2_naming_the_key(s3_server, model):
-    s3_server.client().delete_object(Bucket=s3_server.bucket, Key=f"{model['prefix']}/tokenizer.json")
-    proc = _stage(s3_server, model)
+def test_missing_object_exits_2_naming_the_key(s3_server, own_model):
+    s3_server.client().delete_object(Bucket=s3_server.bucket, Key=f"{own_model['prefix']}/tokenizer.json")
+    proc = _stage(s3_server, own_model)
     assert proc.returncode == 2
-    assert f"{model['prefix']}/tokenizer.json" in _one_line(proc.stderr)
-    assert not model["final"].exists()
+    assert f"{own_model['prefix']}/tokenizer.json" in _one_line(proc.stderr)
+    assert not own_model["final"].exists()
 
 
 def test_wrong_credentials_exit_2_and_print_no_secret(s3_server, model):
@@ -92,15 +112,15 @@ def test_wrong_credentials_exit_2_and_print_no_secret(s3_server, model):
 
 
 @pytest.mark.parametrize("evil", ["/etc/tollgate-pwned", "../../escaped.txt", "sub/../../escaped.txt", "C:\\x"])
-def test_manifest_path_escaping_dest_is_refused(s3_server, model, evil):
-    _rewrite_manifest(s3_server, model, lambda d: _entry(d, "config.json").update(path=evil))
-    proc = _stage(s3_server, model)
+def test_manifest_path_escaping_dest_is_refused(s3_server, own_model, evil):
+    _rewrite_manifest(s3_server, own_model, lambda d: _entry(d, "config.json").update(path=evil))
+    proc = _stage(s3_server, own_model)
     assert proc.returncode == 2
     line = _one_line(proc.stderr)
     assert "files[" in line and "path" in line
-    written = [p for p in model["dest"].parent.rglob("*") if "escaped" in p.name or "pwned" in p.name]
+    written = [p for p in own_model["dest"].parent.rglob("*") if "escaped" in p.name or "pwned" in p.name]
     assert written == [] and not Path("/etc/tollgate-pwned").exists()
-    assert not model["final"].exists()
+    assert not own_model["final"].exists()
 
 
 def test_bad_flags_exit_2():
@@ -112,26 +132,26 @@ def test_bad_flags_exit_2():
 # -- verification failures: exit 1, nothing published -------------------------------------------
 
 
-def test_checksum_mismatch_exits_1_and_keeps_the_rest_resumable(s3_server, model):
-    _rewrite_manifest(s3_server, model, lambda d: _entry(d, "model.safetensors").update(sha256="0" * 64))
-    proc = _stage(s3_server, model)
+def test_checksum_mismatch_exits_1_and_keeps_the_rest_resumable(s3_server, own_model):
+    _rewrite_manifest(s3_server, own_model, lambda d: _entry(d, "model.safetensors").update(sha256="0" * 64))
+    proc = _stage(s3_server, own_model)
     assert proc.returncode == 1
     line = _one_line(proc.stderr)
     assert "model.safetensors" in line and "sha256 mismatch" in line
-    assert not model["final"].exists()
+    assert not own_model["final"].exists()
     # the bad file is deleted; the verified ones stay for the next run
-    assert not (model["partial"] / "model.safetensors").exists()
-    progress = json.loads((model["partial"] / PROGRESS).read_text())
+    assert not (own_model["partial"] / "model.safetensors").exists()
+    progress = json.loads((own_model["partial"] / PROGRESS).read_text())
     assert "config.json" in progress["verified"] and "model.safetensors" not in progress["verified"]
 
 
-def test_size_mismatch_exits_1_naming_the_file(s3_server, model):
-    _rewrite_manifest(s3_server, model, lambda d: _entry(d, "tokenizer.json").update(size=50_001))
-    proc = _stage(s3_server, model)
+def test_size_mismatch_exits_1_naming_the_file(s3_server, own_model):
+    _rewrite_manifest(s3_server, own_model, lambda d: _entry(d, "tokenizer.json").update(size=50_001))
+    proc = _stage(s3_server, own_model)
     assert proc.returncode == 1
     line = _one_line(proc.stderr)
     assert "tokenizer.json" in line and "size mismatch" in line
-    assert not model["final"].exists()
+    assert not own_model["final"].exists()
 
 
 # -- S3 faults: retried within a bound --------------------------------------------------------
