@@ -161,6 +161,7 @@ class LocalPodOperator(BaseOperator):
             self._stop_group()
             if self._proc.stdout is not None:
                 self._proc.stdout.close()
+            self._proc = None  # a later on_kill must not signal a group id the OS may reuse
         self.log.info("step %s exited with code %s", self.step.name, exit_code)
         if self._killed:
             raise AirflowException(f"step {self.step.name}: stopped by Airflow (task killed or timed out); "
