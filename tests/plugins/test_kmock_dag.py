@@ -17,6 +17,7 @@ from tests.plugins.dags.tollgate_pod_steps import build_dag
 from tests.plugins.kmock_cluster import STEP_LABEL, KmockCluster
 from tollgate import constants as c
 from tollgate.operators import KubernetesTarget
+from tollgate.serving.base import run_scope
 
 NAMESPACE = "tollgate-test"
 FAST_POLLING = {"startup_check_interval_seconds": 1, "base_container_status_polling_interval": 0.2}
@@ -63,7 +64,8 @@ def test_pod_steps_run_end_to_end_against_a_kubernetes_api(tmp_path: Path):
     assert {m["mountPath"]: m.get("readOnly", False) for m in quality["volumeMounts"]}["/models"] is True
     assert quality["resources"]["requests"][c.GPU_RESOURCE] == "1"
     env = {e["name"]: e.get("value") for e in quality["env"]}
-    endpoint = f"http://vllm-orders-2.{NAMESPACE}.svc.cluster.local:{c.VLLM_PORT}"
+    server_name = f"vllm-orders-2-{run_scope('kmock_pass', dag_run.run_id)}"  # scoped to this run
+    endpoint = f"http://{server_name}.{NAMESPACE}.svc.cluster.local:{c.VLLM_PORT}"
     assert env[c.ENDPOINT_ENV] == endpoint  # the serve task's XCom, templated into the pod
     assert env["OPENAI_BASE_URL"] == endpoint + "/v1"
     assert xcom(dag_run, "serve_model") == endpoint
@@ -75,7 +77,7 @@ def test_pod_steps_run_end_to_end_against_a_kubernetes_api(tmp_path: Path):
     # The model server: created from the infra template, and deleted by the teardown.
     [(deployment, dep_deleted)] = deployments
     [(service, svc_deleted)] = services
-    assert deployment["metadata"]["name"] == service["metadata"]["name"] == "vllm-orders-2"
+    assert deployment["metadata"]["name"] == service["metadata"]["name"] == server_name
     served = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert served[served.index("--served-model-name") + 1] == "orders:2"
     assert dep_deleted and svc_deleted

@@ -272,6 +272,18 @@ def test_vllm_manifests_render_from_infra_templates():
     assert service["spec"]["ports"][0]["port"] == c.VLLM_PORT
 
 
+def test_server_names_are_dns_labels_scoped_by_run():
+    from tollgate.serving.base import resource_name, run_scope
+
+    a, b = run_scope("nightly_eval", "scheduled__1"), run_scope("model_promotion", "manual__1")
+    assert a != b and a == run_scope("nightly_eval", "scheduled__1") and len(a) == 8
+    assert resource_name("orders", "2") == "vllm-orders-2"
+    assert resource_name("orders", "2", a) == f"vllm-orders-2-{a}" != resource_name("orders", "2", b)
+    long = resource_name("Very_Long.Model-Name" * 5, "2024.11.25-rc1" * 3, a)
+    assert len(long) <= 63 and long.endswith(a)
+    assert all(ch.islower() or ch.isdigit() or ch == "-" for ch in long) and not long.startswith("-")
+
+
 def test_cpu_model_server_drops_the_gpu_request():
     server = ModelServer(model_name="orders", model_version="2", resources=Resources(cpu="4", memory="8Gi"),
                          tolerations=())

@@ -12,6 +12,7 @@ teardown runs even when evaluations fail, so no server outlives its DAG run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -77,10 +78,22 @@ def relative_model_path(name: str, version: str, path: str | None) -> str:
     return path or f"{name}/{version}"
 
 
-def resource_name(name: str, version: str) -> str:
-    """Deployment/Service name: vllm-<name>-<version>, a DNS label of at most 63 characters."""
-    ver = slug(version)[:20]
-    return f"vllm-{slug(name)[: 63 - len('vllm-') - len(ver) - 1].strip('-')}-{ver}"
+def run_scope(dag_id: str | None, run_id: str | None) -> str | None:
+    """A short, stable tag of one DAG run: its servers are its own.
+
+    nightly_eval and model_promotion may serve the same champion at the same time;
+    scoping names by run keeps one run's teardown from deleting the other's server,
+    while a retried setup in the same run still finds its own Deployment.
+    """
+    if not dag_id or not run_id:
+        return None
+    return hashlib.sha256(f"{dag_id}/{run_id}".encode()).hexdigest()[:8]
+
+
+def resource_name(name: str, version: str, scope: str | None = None) -> str:
+    """Deployment/Service name: vllm-<name>-<version>[-<run scope>], a DNS label (<= 63 chars)."""
+    tail = slug(version)[:20] + (f"-{scope}" if scope else "")
+    return f"vllm-{slug(name)[: 63 - len('vllm-') - len(tail) - 1].strip('-')}-{tail}"
 
 
 def endpoint_ref(serve_task_id: str = "serve_model") -> str:

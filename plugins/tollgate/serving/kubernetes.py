@@ -4,8 +4,9 @@ Setup renders ``vllm-deployment.yaml`` and ``vllm-service.yaml`` (string.Templat
 fields), creates both, and waits for the Deployment's ready replicas with a
 deadline long enough for a GPU node scale-up; it returns the in-cluster URL of
 the Service. Teardown deletes both (404 is fine: already gone). Names are
-derived from model and version, so a retried setup finds its own Deployment
-instead of starting a second GPU server.
+derived from model, version and DAG run, so a retried setup finds its own
+Deployment instead of starting a second GPU server, and two runs serving the
+same version do not share (or delete) each other's.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tollgate.serving.base import (
     check_model_ref,
     relative_model_path,
     resource_name,
+    run_scope,
     served_name,
     slug,
 )
@@ -59,10 +61,12 @@ def render_manifest(template: str, values: dict[str, str]) -> dict[str, Any]:
     return yaml.safe_load(rendered)
 
 
-def manifest_values(server: ModelServer, name: str, version: str, path: str | None, namespace: str) -> dict[str, str]:
+def manifest_values(
+    server: ModelServer, name: str, version: str, path: str | None, namespace: str, scope: str | None = None
+) -> dict[str, str]:
     res = server.resources
     return {
-        "NAME": resource_name(name, version),
+        "NAME": resource_name(name, version, scope),
         "NAMESPACE": namespace,
         "IMAGE": server.image,
         "MODEL_DIR": f"{c.MODEL_MOUNT_PATH}/{relative_model_path(name, version, path)}",
@@ -80,10 +84,10 @@ def manifest_values(server: ModelServer, name: str, version: str, path: str | No
 
 
 def build_manifests(
-    server: ModelServer, name: str, version: str, path: str | None, namespace: str
+    server: ModelServer, name: str, version: str, path: str | None, namespace: str, scope: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Deployment and Service for one version, with the server's scheduling constraints."""
-    values = manifest_values(server, name, version, path, namespace)
+    values = manifest_values(server, name, version, path, namespace, scope)
     deployment = render_manifest(DEPLOYMENT_TEMPLATE, values)
     service = render_manifest(SERVICE_TEMPLATE, values)
     pod_spec = deployment["spec"]["template"]["spec"]
@@ -116,6 +120,11 @@ def _status_code(exc: BaseException) -> int | None:
     return getattr(exc, "status", None)
 
 
+def _scope(context: Any) -> str | None:
+    ti = context.get("ti") if context else None
+    return run_scope(getattr(ti, "dag_id", None), context.get("run_id") if context else None)
+
+
 class KubernetesServeModelOperator(BaseOperator):
     """Create the vLLM Deployment + Service, wait until ready, return the Service URL."""
 
@@ -134,12 +143,14 @@ class KubernetesServeModelOperator(BaseOperator):
         self.model_path = server.model_path
         self.poll_interval_s = poll_interval_s
 
-    def manifests(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def manifests(self, scope: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         check_model_ref(self.model_name, self.model_version, self.model_path)
-        return build_manifests(self.server, self.model_name, self.model_version, self.model_path, self.target.namespace)
+        return build_manifests(
+            self.server, self.model_name, self.model_version, self.model_path, self.target.namespace, scope
+        )
 
     def execute(self, context: Context) -> str:
-        deployment, service = self.manifests()
+        deployment, service = self.manifests(_scope(context))
         hook = _hook(self.target)
         apps, core = hook.apps_v1_client, hook.core_v1_client
         ns, name = self.target.namespace, deployment["metadata"]["name"]
@@ -198,7 +209,7 @@ class KubernetesStopModelOperator(BaseOperator):
 
         check_model_ref(self.model_name, self.model_version, None)
         hook = _hook(self.target)
-        ns, name = self.target.namespace, resource_name(self.model_name, self.model_version)
+        ns, name = self.target.namespace, resource_name(self.model_name, self.model_version, _scope(context))
         for kind, delete in (
             ("Service", lambda: hook.core_v1_client.delete_namespaced_service(name, ns)),
             ("Deployment", lambda: hook.apps_v1_client.delete_namespaced_deployment(name, ns)),
