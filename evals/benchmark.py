@@ -67,8 +67,8 @@ DEFINITIONS = {
     "client_queue": "scheduled -> sent (waiting for a concurrency slot or for the client), ms",
     "requests_per_second": "successful measured requests / elapsed (window start -> last measured end)",
     "goodput_rps": "successful requests meeting every SLO given / elapsed; all successes when no SLO",
-    "error_rate": "failed (not timed out) / measured requests",
-    "timeout_rate": "timed out / measured requests",
+    "error_rate": "requests that did not succeed (errors and timeouts) / measured requests",
+    "timeout_rate": "requests that timed out / measured requests (included in error_rate)",
     "delivered_rate_rps": "requests actually sent in the window / duration (vs requested_rate_rps)",
     "delivered_concurrency_mean": "sum of request latencies / elapsed (vs requested_concurrency)",
 }

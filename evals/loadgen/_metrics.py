@@ -2,7 +2,9 @@
 
 Which requests count: those *scheduled* inside the measurement window (warm-up
 excluded). Latency figures use successful requests only; failures are counted
-in ``error_rate`` and ``timeout_rate`` instead of hiding in a tail.
+in ``error_rate`` instead of hiding in a tail. ``error_rate`` is every request
+that did not succeed, timeouts included, so one gate on it catches both;
+``timeout_rate`` is the part of it that timed out.
 
 Definitions (all per request, milliseconds):
 
@@ -190,7 +192,7 @@ def compute_metrics(result: RunResult, slo: SLO | None = None) -> BenchmarkMetri
         elapsed_s=elapsed,
         requests_per_second=len(ok) / elapsed if elapsed > 0 else math.nan,
         output_tokens_per_second=out_tokens / elapsed if elapsed > 0 else math.nan,
-        error_rate=failed / n if n else math.nan,
+        error_rate=(failed + timed_out) / n if n else math.nan,
         timeout_rate=timed_out / n if n else math.nan,
         goodput_rps=sum(1 for r in ok if slo.met_by(r)) / elapsed if elapsed > 0 else math.nan,
         latency_ms=_table(e2e),
