@@ -132,13 +132,16 @@ class BenchmarkMetrics:
             warmup_requests=self.warmup_requests,
             elapsed_s=self.elapsed_s,
             mean_output_tokens=self.mean_output_tokens,
-            requested_rate_rps=self.requested_rate_rps,
             delivered_rate_rps=self.delivered_rate_rps,
-            requested_concurrency=self.requested_concurrency,
             delivered_concurrency_mean=self.delivered_concurrency_mean,
             peak_in_flight=self.peak_in_flight,
             connections_opened=self.connections_opened,
         )
+        # What was asked for: a rate (open loop) and/or a concurrency; absent when not part of the shape.
+        if self.requested_rate_rps is not None:
+            out["requested_rate_rps"] = self.requested_rate_rps
+        if self.requested_concurrency is not None:
+            out["requested_concurrency"] = self.requested_concurrency
         return out
 
     def to_dict(self) -> dict[str, object]:

@@ -39,6 +39,7 @@ def test_closed_loop_writes_metrics_samples_and_cdf(tmp_path, stream_stubs):  # 
     assert m["error_rate"] == 0 and m["timeout_rate"] == 0 and m["requests_ok"] > 0
     assert m["mean_output_tokens"] == 6  # the stub honours max_tokens; usage is read
     assert m["requested_concurrency"] == 4 and m["peak_in_flight"] <= 4
+    assert "requested_rate_rps" not in m  # closed loop: no rate was asked for
     assert m["connections_opened"] == 4  # keep-alive: one connection per user for the whole run
     assert res["meta"]["model"] == "stub" and res["meta"]["version"] == "1"
     assert res["meta"]["suite"] == "latency" and res["meta"]["config"]["load"]["mode"] == "closed"
