@@ -26,7 +26,15 @@ _HEADER_LIMIT = 64 * 1024
 
 
 class TransportError(Exception):
-    """The connection failed, closed early, or sent something that is not HTTP/1.1."""
+    """The connection failed, closed early, or sent something that is not HTTP/1.1.
+
+    ``before_response``: not a single response byte had arrived (a stale keep-alive
+    connection looks like this).
+    """
+
+    def __init__(self, message: str, before_response: bool = False) -> None:
+        super().__init__(message)
+        self.before_response = before_response
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,7 @@ class HttpConnection(asyncio.Protocol):
         self.exchange: _Exchange | None = None
         self.closed = False
         self.reusable = True
+        self.uses = 0  # requests sent on this connection
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,7 +120,7 @@ class HttpConnection(asyncio.Protocol):
             _resolve(ex, ex.status, time.perf_counter())
         else:
             what = "connection closed by server" if exc is None else f"connection lost ({exc})"
-            _fail(ex, TransportError(what))
+            _fail(ex, TransportError(what, before_response=not ex.first_byte_at))
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
@@ -132,6 +141,7 @@ class HttpConnection(asyncio.Protocol):
         """Send one complete request; ``future`` gets (HTTP status, arrival time of the last byte)."""
         assert self.transport is not None and self.exchange is None
         self.exchange = _Exchange(sink, future)
+        self.uses += 1
         self.transport.write(payload)
 
     def abort(self) -> None:

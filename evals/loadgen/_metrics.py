@@ -107,6 +107,7 @@ class BenchmarkMetrics:
     delivered_concurrency_mean: float
     peak_in_flight: int
     connections_opened: int
+    stale_connection_retries: int = 0
     errors_by_reason: dict[str, int] = field(default_factory=dict)
 
     def as_metrics(self) -> dict[str, float | None]:
@@ -136,6 +137,7 @@ class BenchmarkMetrics:
             delivered_concurrency_mean=self.delivered_concurrency_mean,
             peak_in_flight=self.peak_in_flight,
             connections_opened=self.connections_opened,
+            stale_connection_retries=self.stale_connection_retries,
         )
         # What was asked for: a rate (open loop) and/or a concurrency; absent when not part of the shape.
         if self.requested_rate_rps is not None:
@@ -213,5 +215,6 @@ def compute_metrics(result: RunResult, slo: SLO | None = None) -> BenchmarkMetri
         delivered_concurrency_mean=busy / elapsed if elapsed > 0 else math.nan,
         peak_in_flight=result.peak_in_flight,
         connections_opened=result.connections_opened,
+        stale_connection_retries=result.stale_connection_retries,
         errors_by_reason=dict(reasons.most_common()),
     )

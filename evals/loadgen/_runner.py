@@ -88,6 +88,7 @@ class RunResult:
     peak_in_flight: int
     shape: LoadShape
     config: RunConfig = field(repr=False)
+    stale_connection_retries: int = 0
 
     @property
     def measured(self) -> list[RequestRecord]:
@@ -106,6 +107,7 @@ class LoadRunner:
         self.records: list[RequestRecord] = []
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.retries = 0
         self._next_payload = 0
         self.pool = ConnectionPool(config.endpoint, connect_timeout_s=config.connect_timeout_s)
 
@@ -126,7 +128,7 @@ class LoadRunner:
             self.pool.close()
         drained = time.perf_counter()
         return RunResult(self.records, self.t0, self.window_start, self.window_end, drained,
-                         self.pool.opened, self.peak_in_flight, self.cfg.shape, self.cfg)
+                         self.pool.opened, self.peak_in_flight, self.cfg.shape, self.cfg, self.retries)
 
     # -- load shapes ---------------------------------------------------------------------
     async def _user(self) -> None:
@@ -177,22 +179,32 @@ class LoadRunner:
         if self.in_flight > self.peak_in_flight:
             self.peak_in_flight = self.in_flight
         rec.sent_at = time.perf_counter()
-        conn = None
-        timer = None
         try:
-            try:
-                conn = await self.pool.acquire()
-            except TransportError as exc:
-                rec.end_at = time.perf_counter()
-                if "timeout" in str(exc):
-                    rec.fail(TIMEOUT, str(exc))
-                else:
-                    rec.fail(ERROR, str(exc))
-                return
-            fut: asyncio.Future[tuple[int, float]] = self.loop.create_future()
-            remaining = self.cfg.request_timeout_s - (time.perf_counter() - rec.sent_at)
-            timer = self.loop.call_later(max(remaining, 0.0), conn.fail_current, _Timeout())
-            conn.request(payload, rec.feed, fut)
+            # A kept-alive connection that the server (or a proxy) closed while it sat idle fails
+            # before any response byte: send once more on a new connection, as HTTP clients do.
+            # The latency still counts from the first send.
+            if await self._attempt(rec, payload, may_retry=True):
+                self.retries += 1
+                await self._attempt(rec, payload, may_retry=False)
+        finally:
+            self.in_flight -= 1
+            if sem is not None:
+                sem.release()
+
+    async def _attempt(self, rec: RequestRecord, payload: bytes, may_retry: bool) -> bool:
+        """One try of a request; True when it failed on a stale connection and may be retried."""
+        try:
+            conn = await self.pool.acquire()
+        except TransportError as exc:
+            rec.end_at = time.perf_counter()
+            rec.fail(TIMEOUT if "timeout" in str(exc) else ERROR, str(exc))
+            return False
+        reused = conn.uses > 0
+        fut: asyncio.Future[tuple[int, float]] = self.loop.create_future()
+        remaining = self.cfg.request_timeout_s - (time.perf_counter() - rec.sent_at)
+        timer = self.loop.call_later(max(remaining, 0.0), conn.fail_current, _Timeout())
+        conn.request(payload, rec.feed, fut)
+        try:
             try:
                 status, ended_at = await fut
             except _Timeout:
@@ -201,25 +213,23 @@ class LoadRunner:
                     rec.fail(TIMEOUT, "timeout mid-stream (stalled after first token)")
                 else:
                     rec.fail(TIMEOUT, "timeout before first token")
-                return
+                return False
             except TransportError as exc:
+                if may_retry and reused and exc.before_response:
+                    return True
                 rec.end_at = time.perf_counter()
                 where = "mid-stream" if rec.first_token_at else "before first token"
                 rec.fail(ERROR, f"{exc} {where}")
-                return
+                return False
             if status != 200:
                 rec.end_at = ended_at
                 rec.fail(ERROR, f"http {status}")
-                return
+                return False
             rec.complete(ended_at)
+            return False
         finally:
-            if timer is not None:
-                timer.cancel()
-            if conn is not None:
-                self.pool.release(conn)
-            self.in_flight -= 1
-            if sem is not None:
-                sem.release()
+            timer.cancel()
+            self.pool.release(conn)
 
     async def _progress(self) -> None:
         every = self.cfg.progress_every_s

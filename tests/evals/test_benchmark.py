@@ -121,6 +121,26 @@ def test_faulty_server_requests_are_counted_with_reasons_and_the_run_finishes(
     assert m["requests_ok"] > 0 and m["latency_p50_ms"] is not None
 
 
+def test_stale_keep_alive_connection_is_retried_once_on_a_new_one(tmp_path, stream_stubs):  # noqa: F811
+    # One user; the stub drops every 2nd request without answering. Each drop hits a connection
+    # that already served a request (stale keep-alive), so the retry on a new connection succeeds.
+    url = stream_stubs.url(fault="drop", fault_every=2)
+    code, res = bench(tmp_path, url, "--concurrent-users", "1", "--duration", "0.5", "--warmup", "0")
+    assert code == 0
+    m = res["metrics"]
+    assert m["error_rate"] == 0 and m["requests_ok"] >= 2
+    assert m["stale_connection_retries"] >= m["requests_ok"] - 1
+    assert m["connections_opened"] == m["stale_connection_retries"] + 1
+
+
+def test_a_fresh_connection_closed_without_response_is_an_error_not_retried(tmp_path, stream_stubs):  # noqa: F811
+    url = stream_stubs.url(fault="drop", fault_every=1)
+    code, res = bench(tmp_path, url, "--concurrent-users", "2", "--duration", "0.3", "--warmup", "0")
+    assert code == 1
+    assert res["errors"] == {"connection closed by server before first token": res["metrics"]["requests_measured"]}
+    assert res["metrics"]["stale_connection_retries"] == 0
+
+
 def test_all_requests_failing_writes_results_and_exits_1(tmp_path, stream_stubs, capsys):  # noqa: F811
     url = stream_stubs.url(fault="500", fault_every=1)
     code, res = bench(tmp_path, url, "--concurrent-users", "2", "--duration", "0.5", "--warmup", "0")
