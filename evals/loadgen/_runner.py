@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from evals.loadgen._http import ConnectionPool, Endpoint, TransportError
@@ -95,6 +95,17 @@ class RunResult:
         return [r for r in self.records if not r.warmup]
 
 
+def poisson_arrivals(rate: float, seed: int, start: float, end: float) -> Iterator[float]:
+    """Arrival times of a Poisson process of ``rate`` per second in [start, end): exponential gaps."""
+    rng = random.Random(seed)
+    t = start
+    while True:
+        t += rng.expovariate(rate)
+        if t >= end:
+            return
+        yield t
+
+
 class _Timeout(Exception):
     pass
 
@@ -145,14 +156,9 @@ class LoadRunner:
                 await asyncio.sleep(FAILED_USER_PAUSE_S)
 
     async def _open_loop(self, shape: OpenLoop) -> None:
-        rng = random.Random(shape.seed)
         sem = asyncio.Semaphore(shape.max_concurrency) if shape.max_concurrency else None
         tasks: set[asyncio.Task[None]] = set()
-        target = self.t0
-        while True:
-            target += rng.expovariate(shape.rate)
-            if target >= self.window_end:
-                break
+        for target in poisson_arrivals(shape.rate, shape.seed, self.t0, self.window_end):
             delay = target - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from evals.loadgen import SLO, ClosedLoop, OpenLoop, RequestRecord, compute_metrics, percentile
-from evals.loadgen._runner import RunResult
+from evals.loadgen._runner import RunResult, poisson_arrivals
 
 METRIC_NAMES = [f"{m}_p{q}_ms" for m in ("latency", "ttft", "tpot", "itl") for q in (50, 95, 99)] + [
     "requests_per_second", "output_tokens_per_second", "error_rate", "timeout_rate", "goodput_rps"]
@@ -123,3 +123,14 @@ def test_closed_loop_delivered_concurrency_is_busy_time_over_elapsed():
     m = compute_metrics(run_result(recs, shape=ClosedLoop(4)))
     assert m.requested_concurrency == 4.0 and m.requested_rate_rps is None
     assert m.delivered_concurrency_mean == pytest.approx(1.0)
+
+
+def test_poisson_arrivals_are_seeded_ordered_in_window_and_at_the_rate():
+    times = list(poisson_arrivals(200.0, seed=3, start=10.0, end=110.0))
+    assert times == list(poisson_arrivals(200.0, seed=3, start=10.0, end=110.0))
+    assert times != list(poisson_arrivals(200.0, seed=4, start=10.0, end=110.0))
+    assert times == sorted(times) and times[0] > 10.0 and times[-1] < 110.0
+    assert len(times) == pytest.approx(20_000, rel=0.05)  # 7 sigma of a Poisson count (sd ~141)
+    gaps = np.diff(times)
+    # Exponential gaps: coefficient of variation 1 (a fixed-interval schedule would give 0).
+    assert np.std(gaps) / np.mean(gaps) == pytest.approx(1.0, abs=0.05)
