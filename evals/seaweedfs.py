@@ -31,6 +31,7 @@ from evals.errors import BadInput
 from evals.servers import ManagedServer, ServerSpec
 
 BUCKET_VAR, BUCKET_DEFAULT = "TOLLGATE_S3_BUCKET", "tollgate"
+ADMIN_GRPC_OFFSET = 10000
 
 
 @dataclass(frozen=True)
@@ -52,23 +53,39 @@ class SeaweedPorts:
     def env_var(field_name: str) -> str:
         return f"TOLLGATE_SEAWEEDFS_{field_name.upper()}_PORT"
 
+    def __post_init__(self) -> None:
+        # weed mini's embedded worker dials the admin gRPC at admin port + 10000 whatever
+        # -admin.port.grpc says (4.48); any other value leaves it retrying forever.
+        if self.admin_grpc != self.admin + ADMIN_GRPC_OFFSET:
+            raise BadInput(f"{self.env_var('admin_grpc')}={self.admin_grpc} must be "
+                           f"{self.env_var('admin')} + {ADMIN_GRPC_OFFSET} ({self.admin + ADMIN_GRPC_OFFSET})")
+
     @classmethod
     def from_env(cls) -> SeaweedPorts:
-        return cls(**{f.name: settings.env_port(cls.env_var(f.name), f.default) for f in fields(cls)})
+        values = {f.name: settings.env_port(cls.env_var(f.name), f.default) for f in fields(cls)}
+        if not os.environ.get(cls.env_var("admin_grpc")):
+            values["admin_grpc"] = values["admin"] + ADMIN_GRPC_OFFSET
+        return cls(**values)
 
     @classmethod
     def free(cls) -> SeaweedPorts:
         """Distinct OS-chosen free ports (tests run beside other servers)."""
-        from evals.servers import free_port
+        from evals.servers import free_port, port_is_free
 
         chosen: set[int] = set()
         values: dict[str, int] = {}
         for f in fields(cls):
+            if f.name == "admin_grpc":
+                continue
             port = free_port()
-            while port in chosen:
+            while port in chosen or (f.name == "admin" and not (
+                    port + ADMIN_GRPC_OFFSET < 65536 and port_is_free(settings.LOOPBACK, port + ADMIN_GRPC_OFFSET)
+                    and port + ADMIN_GRPC_OFFSET not in chosen)):
                 port = free_port()
             chosen.add(port)
             values[f.name] = port
+        values["admin_grpc"] = values["admin"] + ADMIN_GRPC_OFFSET
+        chosen.add(values["admin_grpc"])
         return cls(**values)
 
 

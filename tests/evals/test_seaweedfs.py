@@ -53,6 +53,13 @@ def test_server_listens_on_loopback_only_on_the_configured_ports(s3_server):
         assert flag in argv
 
 
+def test_all_components_connect(s3_server):
+    """The embedded worker reaches the admin server (it dials admin port + 10000)."""
+    log = s3_server.server.log_path.read_text(errors="replace")
+    session = log.rsplit(" start: ", 1)[-1]
+    assert "INITIAL CONNECTION FAILED" not in session and "Reconnection attempt" not in session
+
+
 def test_secret_is_neither_in_argv_nor_in_the_log(s3_server):
     secret = s3_server.credentials.secret_access_key
     assert secret not in " ".join(s3_server.server.spec.argv)
@@ -98,7 +105,14 @@ def test_embedded_credentials_are_generated_once_private(tmp_path, monkeypatch):
 
 def test_ports_from_env(monkeypatch):
     monkeypatch.setenv("TOLLGATE_SEAWEEDFS_S3_PORT", "18555")
-    assert SeaweedPorts.from_env().s3 == 18555
+    monkeypatch.setenv("TOLLGATE_SEAWEEDFS_ADMIN_PORT", "25000")
+    ports = SeaweedPorts.from_env()
+    assert (ports.s3, ports.admin, ports.admin_grpc) == (18555, 25000, 35000)
+    # weed's worker dials admin + 10000 whatever the flag says: another value is refused
+    monkeypatch.setenv("TOLLGATE_SEAWEEDFS_ADMIN_GRPC_PORT", "35001")
+    with pytest.raises(Exception, match="ADMIN_GRPC_PORT"):
+        SeaweedPorts.from_env()
+    monkeypatch.delenv("TOLLGATE_SEAWEEDFS_ADMIN_GRPC_PORT")
     monkeypatch.setenv("TOLLGATE_SEAWEEDFS_ADMIN_PORT", "nope")
     with pytest.raises(Exception, match="TOLLGATE_SEAWEEDFS_ADMIN_PORT"):
         SeaweedPorts.from_env()
