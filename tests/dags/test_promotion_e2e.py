@@ -51,7 +51,10 @@ def stack(s3_server, mlflow_server, migrated_airflow_db, tmp_path_factory) -> It
     from evals.settings import embedded_model_dir
 
     home = tmp_path_factory.mktemp("tollgate-home")
+    model_dir = embedded_model_dir()  # before TOLLGATE_HOME moves
     env = {
+        "TOLLGATE_MODEL_DIR": str(model_dir),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),  # dag.test() serializes from here
         **s3_server.env(),
         "MLFLOW_TRACKING_URI": mlflow_server,
         "TOLLGATE_HOME": str(home),
@@ -70,7 +73,7 @@ def stack(s3_server, mlflow_server, migrated_airflow_db, tmp_path_factory) -> It
 
     for version, (few_shot, temperature) in {"1": (False, 0.7), "2": (True, 0.0), "3": (True, 0.0)}.items():
         dest = f"s3://{s3_server.bucket}/models/{MODEL}/{version}"
-        published = publish_model(embedded_model_dir(), dest)
+        published = publish_model(model_dir, dest)
         template, params = _prompt(version, few_shot=few_shot, temperature=temperature)
         ref = registry.register_prompt(MODEL, template, params)
         registry.register_model_version(MODEL, dest, published.manifest_sha256, prompt=ref, generation_params=params)
