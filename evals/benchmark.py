@@ -70,6 +70,7 @@ DEFINITIONS = {
     "error_rate": "requests that did not succeed (errors and timeouts) / measured requests",
     "timeout_rate": "requests that timed out / measured requests (included in error_rate)",
     "delivered_rate_rps": "requests actually sent in the window / duration (vs requested_rate_rps)",
+    "requests_unsent": "open loop: arrivals still waiting for a --max-concurrency slot when the window ended",
     "delivered_concurrency_mean": "sum of request latencies / elapsed (vs requested_concurrency)",
 }
 
@@ -247,7 +248,9 @@ def summary_lines(m: BenchmarkMetrics) -> list[str]:
     lines.append(f"throughput: {f(m.requests_per_second)} req/s, {f(m.output_tokens_per_second)} output tok/s, "
                  f"goodput {f(m.goodput_rps)} req/s")
     if m.requested_rate_rps is not None:
-        lines.append(f"load: requested {f(m.requested_rate_rps)} req/s, delivered {f(m.delivered_rate_rps)} req/s")
+        unsent = f", {m.requests_unsent} arrivals unsent at the end" if m.requests_unsent else ""
+        lines.append(f"load: requested {f(m.requested_rate_rps)} req/s, delivered {f(m.delivered_rate_rps)} req/s"
+                     f"{unsent}")
     else:
         lines.append(f"load: requested {f(m.requested_concurrency)} users, delivered mean concurrency "
                      f"{f(m.delivered_concurrency_mean)}")

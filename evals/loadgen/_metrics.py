@@ -16,8 +16,9 @@ Definitions (all per request, milliseconds):
   number of token chunks.
 - ITL: gap between consecutive token chunks, pooled over all requests.
 - Client queue time: scheduled -> sent. In the open loop this is waiting for a
-  ``--max-concurrency`` slot plus event-loop lag; when it grows, the client
-  (not the server) is the bottleneck and delivered load falls short.
+  ``--max-concurrency`` slot plus event-loop lag; when it grows, delivered load
+  falls short of the requested rate. Arrivals still waiting when the window ends
+  are not sent; ``requests_unsent`` counts them (they are not errors).
 
 Rates divide by the measured elapsed time: from window start to the end of the
 last measured request (at least ``duration``), as vLLM's bench does.
@@ -108,6 +109,7 @@ class BenchmarkMetrics:
     peak_in_flight: int
     connections_opened: int
     stale_connection_retries: int = 0
+    requests_unsent: int = 0
     errors_by_reason: dict[str, int] = field(default_factory=dict)
 
     def as_metrics(self) -> dict[str, float | None]:
@@ -138,6 +140,7 @@ class BenchmarkMetrics:
             peak_in_flight=self.peak_in_flight,
             connections_opened=self.connections_opened,
             stale_connection_retries=self.stale_connection_retries,
+            requests_unsent=self.requests_unsent,
         )
         # What was asked for: a rate (open loop) and/or a concurrency; absent when not part of the shape.
         if self.requested_rate_rps is not None:
@@ -216,5 +219,6 @@ def compute_metrics(result: RunResult, slo: SLO | None = None) -> BenchmarkMetri
         peak_in_flight=result.peak_in_flight,
         connections_opened=result.connections_opened,
         stale_connection_retries=result.stale_connection_retries,
+        requests_unsent=result.unsent,
         errors_by_reason=dict(reasons.most_common()),
     )

@@ -46,7 +46,8 @@ class OpenLoop:
     """Poisson arrivals at ``rate`` requests/s, optionally capped at ``max_concurrency`` in flight.
 
     Arrivals that find every slot busy wait in the client, first come first
-    served; that wait is reported as client queue time, not as latency.
+    served; that wait is reported as client queue time, not as latency. Arrivals
+    still waiting when the window ends are never sent and are counted as unsent.
     """
 
     rate: float
@@ -89,6 +90,7 @@ class RunResult:
     shape: LoadShape
     config: RunConfig = field(repr=False)
     stale_connection_retries: int = 0
+    unsent: int = 0  # open loop: arrivals still waiting for a slot when the window ended
 
     @property
     def measured(self) -> list[RequestRecord]:
@@ -119,6 +121,7 @@ class LoadRunner:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.retries = 0
+        self.unsent = 0
         self._next_payload = 0
         self.pool = ConnectionPool(config.endpoint, connect_timeout_s=config.connect_timeout_s)
 
@@ -139,7 +142,8 @@ class LoadRunner:
             self.pool.close()
         drained = time.perf_counter()
         return RunResult(self.records, self.t0, self.window_start, self.window_end, drained,
-                         self.pool.opened, self.peak_in_flight, self.cfg.shape, self.cfg, self.retries)
+                         self.pool.opened, self.peak_in_flight, self.cfg.shape, self.cfg, self.retries,
+                         self.unsent)
 
     # -- load shapes ---------------------------------------------------------------------
     async def _user(self) -> None:
@@ -158,13 +162,23 @@ class LoadRunner:
     async def _open_loop(self, shape: OpenLoop) -> None:
         sem = asyncio.Semaphore(shape.max_concurrency) if shape.max_concurrency else None
         tasks: set[asyncio.Task[None]] = set()
-        for target in poisson_arrivals(shape.rate, shape.seed, self.t0, self.window_end):
+        arrivals = poisson_arrivals(shape.rate, shape.seed, self.t0, self.window_end)
+        for target in arrivals:
             delay = target - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            # FIFO: an arrival waits for a slot behind earlier ones, but not past the window's end;
+            # a backlog left then is counted as unsent instead of stretching the run for hours.
+            left = self.window_end - time.perf_counter()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                if sem is not None:
+                    await asyncio.wait_for(sem.acquire(), left)
+            except TimeoutError:
+                self.unsent = 1 + sum(1 for _ in arrivals)
+                break
             rec = self._new_record(target)
-            if sem is not None:
-                await sem.acquire()  # FIFO: later arrivals wait behind earlier ones
             task = asyncio.ensure_future(self._send(rec, sem))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
