@@ -149,9 +149,16 @@ def publish_model(source: Path, dest: str, *, force: bool = False, concurrency: 
             raise CheckFailed(f"--source {source / rel} changed while publishing; nothing published")
 
     body = manifest.to_bytes()
+    put = {"Bucket": loc.bucket, "Key": loc.key(MANIFEST_NAME), "Body": body, "ContentType": "application/json"}
     try:
-        client.put_object(Bucket=loc.bucket, Key=loc.key(MANIFEST_NAME), Body=body,
-                          ContentType="application/json", IfNoneMatch="*")
+        try:
+            client.put_object(**put, IfNoneMatch="*")
+        except ClientError as exc:
+            if error_code(exc) != "NotImplemented" and http_status(exc) != 501:
+                raise
+            # A store without conditional writes: last writer wins, as before S3 had them.
+            log.warning("the S3 store does not support If-None-Match; writing the manifest unconditionally")
+            client.put_object(**put)
     except ClientError as exc:
         if error_code(exc) not in ("PreconditionFailed", "412") and http_status(exc) != 412:
             raise translate(exc, loc.url_of(MANIFEST_NAME)) from None
