@@ -59,4 +59,17 @@ if [ ! -f "$MODEL_DIR/.tollgate-converted" ]; then
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv-serve/bin/python scripts/convert_smollm2.py --dest "$MODEL_DIR"
   log "model ready in $((SECONDS - start)) s"
 fi
+# The browser tests drive Debian's Chromium (Playwright's own browser download needs a network we do not have).
+if [ "${1:-}" = "--with-browser" ] && [ ! -x "${TOLLGATE_CHROMIUM:-/usr/bin/chromium}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's chromium for the browser tests"
+    start=$SECONDS
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+    log "chromium ready in $((SECONDS - start)) s"
+  else
+    echo "setup: error: chromium not found at ${TOLLGATE_CHROMIUM:-/usr/bin/chromium}; install Debian's chromium (sudo apt-get install chromium) or set TOLLGATE_CHROMIUM" >&2
+    exit 2
+  fi
+fi
 log "ok (.venv, .venv-serve, $MODEL_DIR)"

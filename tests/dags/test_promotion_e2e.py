@@ -106,8 +106,10 @@ def api(stack: Stack, user: str):
     return AirflowApi(stack.api_url, user, stack.passwords[user])
 
 
-def run_promotion(stack: Stack, version: str, answer: str | None, *, intruder_first: bool = False) -> tuple:
-    """dag.test() model_promotion in this thread; answer the approval from another, via REST."""
+def run_promotion(stack: Stack, version: str, answer: str | None, *, intruder_first: bool = False,
+                  in_browser: bool = False) -> tuple:
+    """dag.test() model_promotion in this thread; answer the approval from another thread,
+    through the REST API or by clicking in the Airflow UI in headless Chromium."""
     from tollgate.airflow_api import ApprovalApiError
 
     outcome: dict[str, object] = {}
@@ -122,7 +124,16 @@ def run_promotion(stack: Stack, version: str, answer: str | None, *, intruder_fi
                     outcome["intruder"] = "accepted"
                 except ApprovalApiError as exc:
                     outcome["intruder"] = exc.status
-            api(stack, "approver").respond(pending, answer)
+            if in_browser:
+                from tests.fixtures.browser import approve_in_ui
+
+                page = approve_in_ui(stack.api_url, "approver", stack.passwords["approver"], pending.dag_id,
+                                     pending.run_id, pending.task_id, option=answer,
+                                     expect_text=[f"Promote {MODEL}:{version} to production", "quality gates",
+                                                  "safety gates", "latency gates", "Evidence"])
+                outcome["page"] = page["text"]
+            else:
+                api(stack, "approver").respond(pending, answer)
             outcome["answered"] = answer
         except Exception as exc:  # surfaced by the test below
             outcome["error"] = repr(exc)
@@ -197,9 +208,12 @@ def test_rejected_promotion_moves_nothing_and_is_recorded(stack: Stack) -> None:
     assert last.action == "rejected" and last.actor == "approver"
 
 
-def test_approved_promotion_runs_the_canary_and_moves_the_alias(stack: Stack) -> None:
-    dr, states, outcome = run_promotion(stack, "2", answer="Approve")
+@pytest.mark.browser
+def test_approved_in_the_ui_runs_the_canary_and_moves_the_alias(stack: Stack) -> None:
+    dr, states, outcome = run_promotion(stack, "2", answer="Approve", in_browser=True)
     assert "error" not in outcome, outcome
+    assert "| Gate" not in outcome["page"] and "Gate" in outcome["page"], "the gate report renders as a table"
+    assert (REPO_ROOT / "test-artifacts" / "approval.png").stat().st_size > 10_000
     assert states["canary"] == "success", states
     assert states["promote"] == "success" and dr.state == "success"
     assert states["stop_stable"] == "success" and states["stop_canary"] == "success"
