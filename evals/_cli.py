@@ -33,7 +33,8 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     look like a pass.
     """
     configure_logging()
-    prog = os.path.basename(sys.argv[0]) if sys.argv else "tollgate"
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    prog = main_spec.name if main_spec is not None else (os.path.basename(sys.argv[0]) if sys.argv else "tollgate")
     try:
         return main(argv)
     except TollgateError as exc:
