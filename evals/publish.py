@@ -123,6 +123,10 @@ def publish_model(source: Path, dest: str, *, force: bool = False, concurrency: 
         if stored == (entry.size, entry.sha256):
             log.info("keep %s (already uploaded, sha256 matches)", entry.path)
             return
+        if stored is not None and stored[1] and not force:
+            # Tagged by a publisher of other content: another run is writing this version.
+            raise CheckFailed(f"{loc.url_of(entry.path)} holds different content from another publish of this "
+                              "version; not overwritten (pass --force to replace it)")
         try:
             uploader.upload_file(str(source / entry.path), loc.bucket, loc.key(entry.path),
                                  extra_args={"Metadata": {SHA_META: entry.sha256}})
@@ -147,6 +151,11 @@ def publish_model(source: Path, dest: str, *, force: bool = False, concurrency: 
         now = (source / rel).stat()
         if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise CheckFailed(f"--source {source / rel} changed while publishing; nothing published")
+    # Last look before the manifest makes the version visible: every object still ours.
+    for entry in manifest.files:
+        if _stored_sha(client, loc, entry.path) != (entry.size, entry.sha256):
+            raise CheckFailed(f"{loc.url_of(entry.path)} was overwritten by a concurrent publish; "
+                              "manifest not written")
 
     body = manifest.to_bytes()
     put = {"Bucket": loc.bucket, "Key": loc.key(MANIFEST_NAME), "Body": body, "ContentType": "application/json"}

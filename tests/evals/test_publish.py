@@ -121,3 +121,27 @@ def test_wrong_credentials_exit_2_without_the_secret(s3_server, tmp_path):
     assert "credentials" in proc.stderr
     assert secret not in proc.stderr + proc.stdout
     assert s3_server.credentials.secret_access_key not in proc.stderr + proc.stdout
+
+
+def test_concurrent_publishers_of_one_version_cannot_both_win(s3_server, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures.s3 import REPO_ROOT
+
+    make_model(tmp_path / "a", seed=1, big_bytes=2 * 2**20)
+    make_model(tmp_path / "b", seed=2, big_bytes=2 * 2**20)
+    dest, prefix = _dest(s3_server)
+    env = {**os.environ, **s3_server.env()}
+    procs = [subprocess.Popen([sys.executable, "-m", "evals.publish", "--source", str(tmp_path / src), "--dest", dest],
+                              cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for src in ("a", "b")]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
+    winners = [json.loads(out) for rc, out, _ in results if rc == 0]
+    assert len(winners) == 1, results
+    loser_rc, _, loser_err = next(r for r in results if r[0] != 0)
+    # lost a race (1: its objects or its manifest write), or found the winner's manifest (2)
+    assert (loser_rc == 1 and "publish" in loser_err) or (loser_rc == 2 and "immutable" in loser_err), loser_err
+    raw = s3_server.client().get_object(Bucket=s3_server.bucket, Key=f"{prefix}/{MANIFEST_NAME}")["Body"].read()
+    assert hashlib.sha256(raw).hexdigest() == winners[0]["manifest_sha256"]
