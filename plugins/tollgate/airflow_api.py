@@ -137,14 +137,17 @@ class AirflowApi:
             time.sleep(2.0)  # bounded by the deadline above
 
     def wait_for_approval(self, dag_id: str, run_id: str, timeout_s: float) -> PendingApproval:
-        """Poll until the run's approval task waits for a person (or the run ends: an error)."""
+        """Poll until the run's approval task waits for a person (or the run ends: an error).
+
+        ``run_id="~"`` takes the first pending approval of any run of the DAG.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             pending = self.pending_approvals(dag_id, run_id)
             # Answer only once the task is parked: an answer racing the park can fail it (apache/airflow#72716).
-            if pending and self.task_states(dag_id, run_id).get(pending[0].task_id) == "awaiting_input":
+            if pending and self.task_states(dag_id, pending[0].run_id).get(pending[0].task_id) == "awaiting_input":
                 return pending[0]
-            state = self.dag_run(dag_id, run_id).get("state")
+            state = self.dag_run(dag_id, run_id).get("state") if run_id != "~" else None
             if state in ("success", "failed"):
                 raise ApprovalApiError(f"{dag_id} run {run_id} ended ({state}) without asking for approval: "
                                        f"{self.task_states(dag_id, run_id)}")
