@@ -154,7 +154,7 @@ def publish_model(source: Path, dest: str, *, force: bool = False, concurrency: 
     # Last look before the manifest makes the version visible: every object still ours.
     for entry in manifest.files:
         if _stored_sha(client, loc, entry.path) != (entry.size, entry.sha256):
-            raise CheckFailed(f"{loc.url_of(entry.path)} was overwritten by a concurrent publish; "
+            raise CheckFailed(f"{loc.url_of(entry.path)} was overwritten by another publish of this version; "
                               "manifest not written")
 
     body = manifest.to_bytes()
@@ -173,7 +173,8 @@ def publish_model(source: Path, dest: str, *, force: bool = False, concurrency: 
             raise translate(exc, loc.url_of(MANIFEST_NAME)) from None
         theirs = _get_manifest(client, loc)  # a concurrent publisher won the race
         if theirs is None or not theirs[0].same_content(manifest):
-            raise CheckFailed(f"{loc.url}: a concurrent publish wrote a different manifest; not replaced") from None
+            raise CheckFailed(f"{loc.url}: another publish of this version wrote a different manifest; "
+                              "not replaced") from None
         body = theirs[1]
     except BotoCoreError as exc:
         raise translate(exc, loc.url_of(MANIFEST_NAME)) from None
