@@ -10,6 +10,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+# Tests never write into the repository's .tollgate/: one throwaway TOLLGATE_HOME per
+# session (tests that need their own use monkeypatch). The converted model stays where
+# setup put it, so it is pinned before the home moves.
+from evals import settings as _settings  # noqa: E402
+
+os.environ.setdefault("TOLLGATE_MODEL_DIR", str(_settings.embedded_model_dir()))
+if "TOLLGATE_TEST_KEEP_HOME" not in os.environ:
+    import tempfile
+
+    os.environ["TOLLGATE_HOME"] = tempfile.mkdtemp(prefix="tollgate-test-home-")
+
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
