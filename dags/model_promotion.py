@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
 from tollgate import constants as c
 from tollgate import promotion as p
+from tollgate.approvals import DECISION_KEY, PromotionApproval
 from tollgate.operators.factory import pod_task
 from tollgate.pipeline import Subject, build_evaluation
 from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation
@@ -104,7 +104,7 @@ with DAG(
     list(chain["gates"].values()) >> evidence
     gates_ok = require_gates_passed(evidence)
 
-    approval = ApprovalOperator(
+    approval = PromotionApproval(
         task_id="approval",
         subject="Promote {{ params.model_name }}:{{ params.model_version }} to {{ params.target_env }}?",
         body="{{ ti.xcom_pull(task_ids='record_evidence')['report'] }}",
@@ -154,7 +154,7 @@ with DAG(
 
     @task
     def promote(request: dict, evidence: dict, run_id: str | None = None, ti=None) -> dict:
-        decision, who = p.approval_outcome(ti.xcom_pull(task_ids="approval"))
+        decision, who = p.approval_outcome(ti.xcom_pull(task_ids="approval", key=DECISION_KEY))
         if decision != "approved":
             raise AirflowSkipException(f"not approved ({decision})")
         return p.promote(request["model_name"], request["model_version"], request["alias"], approver=who,
@@ -167,7 +167,7 @@ with DAG(
         moved = ti.xcom_pull(task_ids="promote")
         if moved:
             return {"outcome": "promoted", **moved}
-        decision, who = p.approval_outcome(ti.xcom_pull(task_ids="approval"))
+        decision, who = p.approval_outcome(ti.xcom_pull(task_ids="approval", key=DECISION_KEY))
         if evidence.get("failed_gates"):
             outcome, why = "gate_failed", "; ".join(evidence["failed_gates"])
         elif decision in ("rejected", "timed_out", "no_response"):

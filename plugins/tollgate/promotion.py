@@ -172,9 +172,9 @@ def approval_outcome(approval: dict[str, Any] | None) -> tuple[str, str]:
     if not approval:
         return "no_response", "nobody"
     chosen = (approval.get("chosen_options") or [None])[0]
-    user = approval.get("responded_by_user") or {}
-    who = user.get("name") or user.get("id") if isinstance(user, dict) else str(user)
-    if not who:
+    user = approval.get("responded_by_user")
+    who = (user.get("name") or user.get("id")) if isinstance(user, dict) else (str(user) if user else "")
+    if not who or chosen is None:
         return "timed_out", "nobody"
     return ("approved" if chosen == "Approve" else "rejected"), str(who)
 
