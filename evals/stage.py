@@ -819,7 +819,13 @@ def _stage_locked(client: Any, loc: ModelLocation, manifest: Manifest, manifest_
     def on_verified(job: _FileJob) -> None:
         with state_lock:
             kept[job.entry.path] = [job.entry.size, job.entry.sha256]
-            write_json_atomic(progress_path, {"manifest_sha256": manifest_sha, "verified": kept})
+            try:
+                write_json_atomic(progress_path, {"manifest_sha256": manifest_sha, "verified": kept})
+            except OSError as exc:
+                # The disk can fill between two parts; the progress file is where it shows first.
+                if _is_disk_full(exc):
+                    raise DiskFull(f"disk full writing the progress file ({exc.strerror}); nothing published") from None
+                raise
         if job.journal is not None:
             job.journal.unlink(missing_ok=True)
 
@@ -854,12 +860,18 @@ def _stage_locked(client: Any, loc: ModelLocation, manifest: Manifest, manifest_
                  transfer.received / 1e6 / elapsed)
 
     # Publish: marker inside, then one rename. The marker is written last and durably.
-    (partial / STAGED_MANIFEST).write_bytes(manifest_bytes)
-    write_json_atomic(partial / MARKER, {
-        "manifest_sha256": manifest_sha, "source": loc.url, "name": loc.name, "version": loc.version,
-        "files": len(manifest.files), "bytes": manifest.total_size, "staged_utc": utc_now(),
-        "staged_unix_ns": time.time_ns(),  # orders versions for --keep; UTC seconds tie too often
-    })
+    try:
+        (partial / STAGED_MANIFEST).write_bytes(manifest_bytes)
+        write_json_atomic(partial / MARKER, {
+            "manifest_sha256": manifest_sha, "source": loc.url, "name": loc.name, "version": loc.version,
+            "files": len(manifest.files), "bytes": manifest.total_size, "staged_utc": utc_now(),
+            "staged_unix_ns": time.time_ns(),  # orders versions for --keep; UTC seconds tie too often
+        })
+    except OSError as exc:
+        if _is_disk_full(exc):
+            shutil.rmtree(partial, ignore_errors=True)
+            raise DiskFull(f"disk full writing the completion marker ({exc.strerror}); nothing published") from None
+        raise
     os.chmod(partial / MARKER, 0o644)  # serving pods may run as another user; mkstemp made it 0600
     progress_path.unlink(missing_ok=True)
     shutil.rmtree(parts_dir, ignore_errors=True)

@@ -54,7 +54,11 @@ def stack(s3_server, mlflow_server, migrated_airflow_db, tmp_path_factory) -> It
     model_dir = embedded_model_dir()  # before TOLLGATE_HOME moves
     env = {
         "TOLLGATE_MODEL_DIR": str(model_dir),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),  # dag.test() serializes from here
+        # dag.test() serializes the DAG from its bundle; Airflow fixes DAGS_FOLDER at import,
+        # and another test area may have imported it first, so name the bundle's path outright.
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
+            "name": "tollgate-dags", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(REPO_ROOT / "dags"), "refresh_interval": 0}}]),
         **s3_server.env(),
         "MLFLOW_TRACKING_URI": mlflow_server,
         "TOLLGATE_HOME": str(home),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 
@@ -19,10 +20,16 @@ def test_airflow_starts_healthy_on_loopback_only_and_stops(tmp_path: Path) -> No
     server = ManagedServer(spec, log_dir=tmp_path / "logs")
     with server:
         pgid = server.proc.pid
-        with urllib.request.urlopen(spec.base_url + "/api/v2/monitor/health", timeout=10) as resp:
-            health = json.load(resp)
+        # The scheduler starts once the api-server answers; give it a heartbeat or two.
+        deadline = time.monotonic() + 90
+        while True:
+            with urllib.request.urlopen(spec.base_url + "/api/v2/monitor/health", timeout=10) as resp:
+                health = json.load(resp)
+            if health["scheduler"]["status"] == "healthy" or time.monotonic() > deadline:
+                break
+            time.sleep(1)  # poll interval, bounded by the deadline
         assert health["metadatabase"]["status"] == "healthy"
-        assert health["scheduler"]["status"] == "healthy"
+        assert health["scheduler"]["status"] == "healthy", health
         listening = listening_addresses(pgid)
         assert (("127.0.0.1", spec.port) in listening), listening
         assert all(is_loopback(host) for host, _ in listening), f"non-loopback listeners: {listening}"
