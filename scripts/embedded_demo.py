@@ -141,8 +141,14 @@ def main() -> int:
         for run in api.dag_runs("model_evaluation"):
             if run["dag_run_id"].startswith("nightly__"):
                 done = api.wait_for_run("model_evaluation", run["dag_run_id"], args.timeout)
-                log.info("model_evaluation %s (%s): %s", run["dag_run_id"], json.dumps(run.get("conf")),
-                         done["state"])
+                evidence = api.xcom("model_evaluation", run["dag_run_id"], "record_evidence")
+                evidence = evidence if isinstance(evidence, dict) else {}
+                failed = evidence.get("failed_gates") or []
+                log.info("model_evaluation %s (%s): %s%s", run["dag_run_id"], json.dumps(run.get("conf")),
+                         done["state"], f"; failed or undecided gates: {', '.join(failed)}" if failed else "")
+                if any(g.startswith("quality/regression") for g in failed):
+                    log.info("(a version's first nightly has no earlier results to compare with: the regression "
+                             "gate fails closed and the nightly alerts; the next nightly compares with this one)")
         promo = api.trigger("model_promotion", {"model_name": MODEL, "model_version": "2",
                                                 "target_env": "production"})
         log.info("triggered model_promotion (%s) for %s:2 -> production", promo, MODEL)

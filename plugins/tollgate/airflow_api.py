@@ -125,6 +125,17 @@ class AirflowApi:
                          "?limit=200")
         return {t["task_id"]: t.get("state") or "none" for t in reply.get("task_instances", [])}
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        """A task's XCom value (deserialized), or None when there is none."""
+        path = (f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
+                f"/xcomEntries/{key}?deserialize=true")
+        try:
+            return self.get(path).get("value")
+        except ApprovalApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float,
                      until: tuple[str, ...] = ("success", "failed")) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
