@@ -358,7 +358,7 @@ def markdown_report(verdict: Verdict, title: str, links: dict[str, str] | None =
         if g.judged_value is not None:
             value += f" (CI bound {_fmt(g.judged_value)})"
         delta = "—" if g.delta_vs_baseline is None else f"{g.delta_vs_baseline:+.4g}"
-        result = "✅ pass" if g.passed else "❌ fail"
+        result = "pass" if g.passed else "**FAIL**"  # plain text: approval pages may lack emoji fonts
         lines.append(f"| {g.name} | `{g.metric}` | {value} | {symbol} {g.bound:g} | {delta} | {result} |")
     failed = verdict.failed
     if failed:

@@ -188,5 +188,5 @@ def test_markdown_report_shows_each_gate_value_bound_and_delta() -> None:
     verdict = gates.evaluate(tf, {"metrics": {"x": 0.9, "y": 0.2}}, {"metrics": {"x": 0.8}})
     report = gates.markdown_report(verdict, "quality gates for m:2")
     assert "FAILED (1 of 2 gates)" in report
-    assert "| a | `x` | 0.9 | >= 0.5 | +0.1 | ✅ pass |" in report
-    assert "| b | `y` | 0.2 | <= 0.1 | — | ❌ fail |" in report
+    assert "| a | `x` | 0.9 | >= 0.5 | +0.1 | pass |" in report
+    assert "| b | `y` | 0.2 | <= 0.1 | — | **FAIL** |" in report
