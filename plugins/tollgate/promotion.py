@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -196,14 +195,11 @@ def record_no_move(model: str, version: str, alias: str, *, decision: str, actor
                    evidence_run_id: str | None, why: str, dag_id: str | None = None,
                    dag_run_id: str | None = None) -> dict[str, Any]:
     """Audit a promotion that ended without a move (rejected, timed out, rolled back, gate failed)."""
-    from tollgate import audit, tracking
+    from tollgate import registry
 
-    rec = audit.record_decision(tracking.client(), model, alias, version, decision=decision, actor=actor,
-                                reason=why, evidence_run_id=evidence_run_id, dag_id=dag_id, dag_run_id=dag_run_id)
+    rec = registry.record_decision(model, alias, version, decision=decision, actor=actor, reason=why,
+                                   evidence_run_id=evidence_run_id, dag_id=dag_id, dag_run_id=dag_run_id)
     log.info("promotion of %s:%s to %s ended without a move: %s (%s, by %s)", model, version, alias, decision, why,
              actor)
     return {"decision": decision, "actor": actor, "why": why, "record": rec.record_id}
 
-
-def env_flag(name: str, default: str) -> str:
-    return os.environ.get(name, default)
