@@ -15,7 +15,10 @@ Fail closed: a gate whose metric is missing, null, NaN, infinite, or not a numbe
 fails and says why. A file that is not this shape is bad input (BadInput, exit 2).
 
 Baselines: `*_delta_vs_baseline` metrics are absolute differences in the metric's
-own units, ``candidate - baseline``. A metric named `X_score` also gets the short
+own units, ``candidate - baseline``; `*_ratio_vs_baseline` metrics are ``candidate /
+baseline`` (derived where the baseline is a positive number), for speeds that only mean
+something against the champion measured on the same machine (p95 latency 1.25x the
+champion's, throughput 0.8x). A metric named `X_score` also gets the short
 name `X_delta_vs_baseline`, so `quality_score` (the quality suite's composite) gives
 `quality_delta_vs_baseline`, the name thresholds/quality.yaml gates on. For 0..1 scores "-0.02" means two points of
 the score (0.90 -> 0.88 passes a -0.02 bound; 0.90 -> 0.87 does not). They are
@@ -46,6 +49,8 @@ COMPARISONS: dict[str, tuple[str, str]] = {
 GATE_KEYS = {"metric", "min", "max", "comparison", "description", "confidence"}
 FILE_KEYS = {"gates", "description", "profile"}
 DELTA_SUFFIX = "_delta_vs_baseline"
+RATIO_SUFFIX = "_ratio_vs_baseline"
+DERIVED_SUFFIXES = (DELTA_SUFFIX, RATIO_SUFFIX)
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20261125
 
@@ -212,17 +217,47 @@ def load_threshold_file(path: str | Path, flag: str = "--threshold-file") -> Thr
 
 
 def derive_deltas(metrics: dict[str, Any], baseline_metrics: dict[str, Any]) -> dict[str, float]:
-    """`X_delta_vs_baseline = X - baseline[X]` for every X that is a number in both."""
+    """`X_delta_vs_baseline = X - baseline[X]` for every X that is a number in both, and
+    `X_ratio_vs_baseline = X / baseline[X]` where the baseline value is also positive."""
     out: dict[str, float] = {}
     for key, value in metrics.items():
-        if key.endswith(DELTA_SUFFIX):
+        if key.endswith(DERIVED_SUFFIXES):
             continue
         base = baseline_metrics.get(key)
         if is_number(value) and is_number(base):
             out[key + DELTA_SUFFIX] = float(value) - float(base)
             if key.endswith("_score"):
                 out[key[: -len("_score")] + DELTA_SUFFIX] = float(value) - float(base)
+            if float(base) > 0:
+                out[key + RATIO_SUFFIX] = float(value) / float(base)
     return out
+
+
+def derived_from(metric: str, metrics: dict[str, Any]) -> str | None:
+    """The measured metric a derived (`*_delta_vs_baseline`, `*_ratio_vs_baseline`) name compares."""
+    if metric.endswith(DELTA_SUFFIX):
+        return delta_base_metric(metric, metrics)
+    if metric.endswith(RATIO_SUFFIX):
+        return metric[: -len(RATIO_SUFFIX)]
+    return None
+
+
+def _missing_reason(metric: str, metrics: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+    """Why a gate's metric is absent, in words a reader of the approval page can act on."""
+    source = derived_from(metric, metrics)
+    if source is None:
+        return f"metric {metric} missing from results: fails closed"
+    if source not in metrics:
+        return f"metric {metric} needs {source}, which the results do not have: fails closed"
+    if baseline is None:
+        return f"metric {metric} missing from results (pass --baseline to derive it): fails closed"
+    base = (baseline.get("metrics") or {}).get(source)
+    note = (baseline.get("meta") or {}).get("note")
+    if base is None:
+        why = f" ({note})" if note else ""
+        return (f"no baseline measurement of {source} to compare with{why}; no bound is invented: "
+                f"fails closed")
+    return f"baseline {source} is {base!r}, nothing to compare against: fails closed"
 
 
 def delta_base_metric(delta_metric: str, metrics: dict[str, Any]) -> str:
@@ -294,12 +329,15 @@ def judge_gate(
     base_metrics = (baseline or {}).get("metrics") or {}
     if gate.metric.endswith(DELTA_SUFFIX):
         verdict.delta_vs_baseline = metrics.get(gate.metric) if is_number(metrics.get(gate.metric)) else None
+    elif gate.metric.endswith(RATIO_SUFFIX):
+        source = gate.metric[: -len(RATIO_SUFFIX)]
+        if is_number(base_metrics.get(source)):
+            verdict.baseline_value = float(base_metrics[source])
     elif gate.metric in base_metrics and is_number(base_metrics[gate.metric]) and is_number(metrics.get(gate.metric)):
         verdict.baseline_value = float(base_metrics[gate.metric])
         verdict.delta_vs_baseline = float(metrics[gate.metric]) - verdict.baseline_value
     if gate.metric not in metrics:
-        hint = " (pass --baseline to derive it)" if gate.metric.endswith(DELTA_SUFFIX) and baseline is None else ""
-        verdict.reason = f"metric {gate.metric} missing from results{hint}: fails closed"
+        verdict.reason = _missing_reason(gate.metric, metrics, baseline)
         return verdict
     raw = metrics[gate.metric]
     if not is_number(raw):

@@ -133,8 +133,51 @@ def test_carried_delta_is_used_and_explicit_baseline_wins() -> None:
 @given(a=finite, b=finite)
 def test_derive_deltas_only_for_numbers_in_both(a: float, b: float) -> None:
     deltas = gates.derive_deltas({"x": a, "y": "n/a", "z": a, "q_score": a}, {"x": b, "y": 1.0, "q_score": b})
-    assert deltas == {"x_delta_vs_baseline": a - b, "q_score_delta_vs_baseline": a - b,
-                      "q_delta_vs_baseline": a - b}
+    expected = {"x_delta_vs_baseline": a - b, "q_score_delta_vs_baseline": a - b, "q_delta_vs_baseline": a - b}
+    if b > 0:  # ratios only against a positive baseline
+        expected |= {"x_ratio_vs_baseline": a / b, "q_score_ratio_vs_baseline": a / b}
+    assert deltas == expected
+
+
+RATIO_GATES = """
+gates:
+  p95:
+    metric: latency_p95_ms_ratio_vs_baseline
+    max: 1.25
+  throughput:
+    metric: requests_per_second_ratio_vs_baseline
+    min: 0.8
+"""
+
+
+@pytest.mark.parametrize(("p95", "rps", "passed"), [
+    (1200.0, 10.0, True),     # same speed as the champion
+    (1500.0, 8.0, True),      # exactly at both bounds
+    (1501.0, 10.0, False),    # p95 more than 1.25x the champion's
+    (1200.0, 7.9, False),     # below 0.8x the champion's throughput
+])
+def test_ratio_gates_judge_speed_against_the_champion(p95: float, rps: float, passed: bool) -> None:
+    tf = gates.parse_threshold_text(RATIO_GATES, "latency.yaml")
+    champion = {"metrics": {"latency_p95_ms": 1200.0, "requests_per_second": 10.0}}
+    verdict = gates.evaluate(tf, {"metrics": {"latency_p95_ms": p95, "requests_per_second": rps}}, champion)
+    assert verdict.passed is passed
+    assert {g.name: g.baseline_value for g in verdict.gates} == {"p95": 1200.0, "throughput": 10.0}
+
+
+def test_ratio_gates_without_a_champion_measurement_say_so_and_fail_closed() -> None:
+    tf = gates.parse_threshold_text(RATIO_GATES, "latency.yaml")
+    results = {"metrics": {"latency_p95_ms": 900.0, "requests_per_second": 12.0}}
+    empty = {"metrics": {}, "meta": {"note": "no champion results for latency"}}
+    verdict = gates.evaluate(tf, results, empty)
+    assert not verdict.passed
+    for g in verdict.gates:
+        assert "no baseline measurement of" in g.reason and "no champion results for latency" in g.reason
+        assert "fails closed" in g.reason
+    report = gates.markdown_report(verdict, "latency")
+    assert "no baseline measurement of latency_p95_ms" in report
+    # a zero baseline gives no ratio either: nothing to compare against, not a pass
+    zero = gates.evaluate(tf, results, {"metrics": {"latency_p95_ms": 0.0, "requests_per_second": 0.0}})
+    assert not zero.passed and all("nothing to compare against" in g.reason for g in zero.gates)
 
 
 def samples(metric: str, values: list[float]) -> list[dict[str, object]]:
