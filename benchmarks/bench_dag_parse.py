@@ -1,6 +1,6 @@
 """How long each DAG file takes to parse, from Airflow's own DagBag per-file stats.
 
-    .venv/bin/python benchmarks/bench_dag_parse.py [--repeats 5]
+    .venv/bin/python -m benchmarks.bench_dag_parse [--repeats 5]
 
 Each repeat runs in a fresh interpreter and parses every file twice:
 - "cold": only Airflow's SDK imported first; the file pays for every module it imports.

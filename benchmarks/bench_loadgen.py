@@ -1,7 +1,7 @@
 """Load generators side by side: evals.benchmark vs guidellm vs `vllm bench serve`, in one run.
 
-    .venv/bin/python benchmarks/bench_loadgen.py                 # starts its own stubs and vLLM
-    .venv/bin/python benchmarks/bench_loadgen.py --vllm-url http://127.0.0.1:8010   # reuse a vLLM
+    .venv/bin/python -m benchmarks.bench_loadgen                 # starts its own stubs and vLLM
+    .venv/bin/python -m benchmarks.bench_loadgen --vllm-url http://127.0.0.1:8010   # reuse a vLLM
 
 Three measurements, every tool in each, one after another on the same machine:
 
@@ -32,12 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from evals import settings
+from evals.launcher import ManagedServer, free_port, stop_process_group, vllm_spec
+from tests.fixtures.stream_stub import stub_spec  # run as `python -m benchmarks.bench_loadgen` from the checkout
 
-from evals import settings  # noqa: E402
-from evals.servers import ManagedServer, free_port, stop_process_group, vllm_spec  # noqa: E402
-from tests.fixtures.stream_stub import stub_spec  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 GUIDELLM_VERSION = "0.8.1"
 BENCH_VENV = REPO / ".venv-bench"

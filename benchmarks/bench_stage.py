@@ -1,6 +1,6 @@
 """Stage throughput: evals.stage vs s5cmd vs boto3 download_file, same objects, same run.
 
-    .venv/bin/python benchmarks/bench_stage.py [--shards 4] [--shard-mb 512] [--runs 3]
+    .venv/bin/python -m benchmarks.bench_stage [--shards 4] [--shard-mb 512] [--runs 3]
 
 Starts SeaweedFS with the project's launcher on free loopback ports, publishes a
 synthetic model (N shards of random bytes plus a config) with evals.publish, then
@@ -28,12 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from evals.launcher import ManagedServer
+from evals.launcher.seaweedfs import S3Credentials, SeaweedPorts, client_env, seaweedfs_spec
+from evals.weights.publish import publish_model
 
-from evals.publish import publish_model  # noqa: E402
-from evals.seaweedfs import S3Credentials, SeaweedPorts, client_env, seaweedfs_spec  # noqa: E402
-from evals.servers import ManagedServer  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 BOTO3_SCRIPT = """
 import sys, boto3
@@ -156,7 +155,7 @@ def main() -> int:
             dest.mkdir(exist_ok=True)
             timed(command("evals.stage", dest), env)
             cli = [timed(command("evals.stage", dest), env) for _ in range(5)]
-            from evals.stage import stage_weights
+            from evals.weights.stage import stage_weights
 
             inproc = []
             for _ in range(5):

@@ -15,16 +15,19 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.task.trigger_rule import TriggerRule
 
+from evals.contract import MODEL_NAME_PATTERN, MODEL_VERSION_PATTERN
 from tollgate import nightly as n
 from tollgate import promotion as p
+from tollgate import tasks as shared
 from tollgate.pipeline import Subject, build_evaluation
 
+DAG_ID = "model_evaluation"
 NAME = "{{ params.model_name }}"
 VERSION = "{{ params.model_version }}"
 FOLDER = "{{ run_folder(dag.dag_id, run_id, params.model_name, params.model_version) }}"
 
 with DAG(
-    dag_id="model_evaluation",
+    dag_id=DAG_ID,
     description="Evaluate and gate one model version (judging only, nothing moves)",
     schedule=None,
     start_date=datetime(2026, 1, 1),
@@ -33,8 +36,8 @@ with DAG(
     tags=["tollgate", "evaluation"],
     default_args={"owner": "ml-platform", "retries": 0, "retry_delay": timedelta(seconds=30)},
     params={
-        "model_name": Param("smollm2-orders", type="string", pattern=p.MODEL_NAME_PATTERN),
-        "model_version": Param("1", type="string", pattern=p.MODEL_VERSION_PATTERN),
+        "model_name": Param("smollm2-orders", type="string", pattern=MODEL_NAME_PATTERN),
+        "model_version": Param("1", type="string", pattern=MODEL_VERSION_PATTERN),
         "alias": Param("champion", type="string", enum=["champion", "challenger", "staging", "none"]),
     },
     user_defined_macros={"run_folder": p.run_folder},
@@ -45,23 +48,6 @@ with DAG(
     def resolve(params: dict | None = None) -> dict:
         return p.validate_request(params["model_name"], str(params["model_version"]), "production")
 
-    @task
-    def materialize_prompts(request: dict, run_id: str | None = None) -> str:
-        folder = p.run_folder("model_evaluation", run_id, request["model_name"], request["model_version"])
-        return p.materialize_prompts(request["model_name"], request["model_version"], folder)
-
-    @task
-    def fetch_baseline(request: dict, run_id: str | None = None) -> dict:
-        folder = p.run_folder("model_evaluation", run_id, request["model_name"], request["model_version"])
-        return p.fetch_baseline(request["model_name"], request["champion_version"], folder)
-
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def record_evidence(request: dict, run_id: str | None = None) -> dict:
-        folder = p.run_folder("model_evaluation", run_id, request["model_name"], request["model_version"])
-        return p.record_evidence(request["model_name"], request["model_version"], dag_id="model_evaluation",
-                                 dag_run_id=run_id, results_dir=folder,
-                                 title=f"Nightly evaluation of {request['model_name']}:{request['model_version']}")
-
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def regression_check(request: dict, evidence: dict, params: dict | None = None) -> dict:
         report = n.regression_check(request["model_name"], request["model_version"], evidence or {},
@@ -71,13 +57,13 @@ with DAG(
         return report
 
     request = resolve()
-    baseline = fetch_baseline(request)
+    baseline = shared.fetch_baseline(DAG_ID)(request)
     subject = Subject(name=NAME, version=VERSION,
                       source="{{ ti.xcom_pull(task_ids='resolve')['source'] }}", results_dir=FOLDER)
     chain = build_evaluation(subject)
     request >> chain["stage"]
-    materialize_prompts(request) >> list(chain["evals"].values())
-    evidence = record_evidence(request)
+    shared.materialize_prompts(DAG_ID)(request) >> list(chain["evals"].values())
+    evidence = shared.record_evidence(DAG_ID, title="Nightly evaluation of {model_name}:{model_version}")(request)
     for gate in chain["gates"].values():
         baseline >> gate >> evidence
     regression_check(request, evidence)

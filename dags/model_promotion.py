@@ -7,26 +7,30 @@ held; every ending (promoted, rejected, timed out, rolled back) leaves an audit 
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
+from evals.contract import MODEL_NAME_PATTERN, MODEL_VERSION_PATTERN, RunFolder
 from tollgate import constants as c
 from tollgate import promotion as p
+from tollgate import settings
+from tollgate import tasks as shared
 from tollgate.approvals import DECISION_KEY, PromotionApproval
+from tollgate.exceptions import GateFailed
 from tollgate.operators.factory import pod_task
 from tollgate.pipeline import Subject, build_evaluation
 from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation
 from tollgate.serving import ModelServer, serve_model, stop_model
 
-APPROVERS = [u.strip() for u in os.environ.get("TOLLGATE_APPROVERS", "approver").split(",") if u.strip()]
-RESPONSE_TIMEOUT = timedelta(hours=float(os.environ.get("TOLLGATE_APPROVAL_TIMEOUT_HOURS", "24")))
-CANARY_DURATION = os.environ.get("TOLLGATE_CANARY_DURATION", "900")
-THRESHOLDS = os.environ.get("TOLLGATE_THRESHOLDS", "thresholds")
-CANARY_THRESHOLDS = os.environ.get("TOLLGATE_CANARY_THRESHOLDS", f"{THRESHOLDS}/canary.yaml")
+DAG_ID = "model_promotion"
+SETTINGS = settings.current()
+APPROVERS = list(SETTINGS.approvers)
+RESPONSE_TIMEOUT = SETTINGS.approval_timeout
+CANARY_DURATION = f"{SETTINGS.canary_duration_s:g}"
+CANARY_THRESHOLDS = SETTINGS.canary_thresholds
 
 REQ = "{{ ti.xcom_pull(task_ids='validate_request') }}"
 NAME = "{{ params.model_name }}"
@@ -35,7 +39,7 @@ FOLDER = "{{ run_folder(dag.dag_id, run_id, params.model_name, params.model_vers
 CHAMPION = "{{ ti.xcom_pull(task_ids='validate_request')['champion_version'] }}"
 
 with DAG(
-    dag_id="model_promotion",
+    dag_id=DAG_ID,
     description="Gate, approve, canary and promote one model version",
     schedule=None,
     start_date=datetime(2026, 1, 1),
@@ -44,9 +48,9 @@ with DAG(
     tags=["tollgate", "promotion"],
     default_args={"owner": "ml-platform", "retries": 0, "retry_delay": timedelta(seconds=30)},
     params={
-        "model_name": Param("smollm2-orders", type="string", pattern=p.MODEL_NAME_PATTERN,
+        "model_name": Param("smollm2-orders", type="string", pattern=MODEL_NAME_PATTERN,
                             description="Registered model name (lowercase, digits, . _ -)"),
-        "model_version": Param("2", type="string", pattern=p.MODEL_VERSION_PATTERN,
+        "model_version": Param("2", type="string", pattern=MODEL_VERSION_PATTERN,
                                description="Registered version to promote"),
         "target_env": Param("staging", type="string", enum=["staging", "production"],
                             description="staging moves alias 'staging'; production moves 'champion'"),
@@ -66,41 +70,24 @@ with DAG(
         return not request["already_promoted"]
 
     @task
-    def materialize_prompts(request: dict, run_id: str | None = None) -> str:
-        folder = p.run_folder("model_promotion", run_id, request["model_name"], request["model_version"])
-        return p.materialize_prompts(request["model_name"], request["model_version"], folder)
-
-    @task
-    def fetch_baseline(request: dict, run_id: str | None = None) -> dict:
-        folder = p.run_folder("model_promotion", run_id, request["model_name"], request["model_version"])
-        return p.fetch_baseline(request["model_name"], request["champion_version"], folder)
-
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def record_evidence(request: dict, run_id: str | None = None) -> dict:
-        folder = p.run_folder("model_promotion", run_id, request["model_name"], request["model_version"])
-        title = f"Promote {request['model_name']}:{request['model_version']} to {request['target_env']}"
-        return p.record_evidence(request["model_name"], request["model_version"], dag_id="model_promotion",
-                                 dag_run_id=run_id, results_dir=folder, title=title)
-
-    @task
     def require_gates_passed(evidence: dict) -> None:
         try:
             p.require_gates_passed(evidence)
-        except p.GateFailed as exc:
+        except GateFailed as exc:
             raise AirflowFailException(str(exc)) from None
 
     request = validate_request()
     go = not_yet_promoted(request)
-    baseline = fetch_baseline(request)
+    baseline = shared.fetch_baseline(DAG_ID)(request)
     subject = Subject(name=NAME, version=VERSION, source="{{ ti.xcom_pull(task_ids='validate_request')['source'] }}",
                       results_dir=FOLDER)
     chain = build_evaluation(subject)
-    prompts = materialize_prompts(request)
+    prompts = shared.materialize_prompts(DAG_ID)(request)
     go >> [chain["stage"], baseline, prompts]
     prompts >> list(chain["evals"].values())
     for gate in chain["gates"].values():
         baseline >> gate
-    evidence = record_evidence(request)
+    evidence = shared.record_evidence(DAG_ID, title="Promote {model_name}:{model_version} to {target_env}")(request)
     list(chain["gates"].values()) >> evidence
     gates_ok = require_gates_passed(evidence)
 
@@ -144,9 +131,9 @@ with DAG(
               "--stable-config", "{{ ti.xcom_pull(task_ids='validate_request')['champion_config'] | tojson }}",
               "--canary-config", "{{ ti.xcom_pull(task_ids='validate_request')['candidate_config'] | tojson }}",
               "--threshold-file", CANARY_THRESHOLDS,
-              "--output", f"{c.RESULTS_MOUNT_PATH}/{FOLDER}/canary.json"),
+              "--output", RunFolder(f"{c.RESULTS_MOUNT_PATH}/{FOLDER}").canary),
         resources=Resources(cpu="1", memory="1Gi"), volume=ModelVolume.for_reading(),
-        results=ResultsLocation.on_volume(f"{FOLDER}/canary.json"),
+        results=ResultsLocation.on_volume(RunFolder(FOLDER).canary),
     ), task_id="canary")
     stop_stable = stop_model(stable, serve_task=serve_stable, task_id="stop_stable")
     stop_canary = stop_model(candidate, serve_task=serve_canary, task_id="stop_canary")
@@ -158,7 +145,8 @@ with DAG(
         if decision != "approved":
             raise AirflowSkipException(f"not approved ({decision})")
         return p.promote(request["model_name"], request["model_version"], request["alias"], approver=who,
-                         evidence_run_id=evidence["run_id"], canary={"decision": "promote"})
+                         evidence_run_id=evidence["run_id"], canary={"decision": "promote"}, dag_id=DAG_ID,
+                         dag_run_id=run_id)
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def finalize(request: dict, run_id: str | None = None, ti=None) -> dict:
@@ -175,7 +163,8 @@ with DAG(
         else:
             outcome, why = "rolled_back", "canary did not hold; the champion keeps serving"
         record = p.record_no_move(request["model_name"], request["model_version"], request["alias"],
-                                  decision=outcome, actor=who, evidence_run_id=evidence.get("run_id"), why=why)
+                                  decision=outcome, actor=who, evidence_run_id=evidence.get("run_id"), why=why,
+                                  dag_id=DAG_ID, dag_run_id=run_id)
         if outcome != "promoted":
             raise AirflowFailException(f"promotion ended without a move: {outcome} ({why})")
         return record

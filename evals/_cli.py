@@ -15,9 +15,10 @@ class _ArgParseExit(Exception):
 
 
 def configure_logging() -> None:
-    level = os.environ.get("TOLLGATE_LOG_LEVEL", "INFO").upper()
+    from evals import settings
+
     logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
+        level=getattr(logging, settings.current().log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
         stream=sys.stderr,
@@ -32,15 +33,17 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     unexpected is a failure (exit 1) with a traceback in the log: it must never
     look like a pass.
     """
-    configure_logging()
     main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    prog = main_spec.name if main_spec is not None else (os.path.basename(sys.argv[0]) if sys.argv else "tollgate")
+    # `python -m evals.canary` runs the package's __main__: name it by the package, as the contract does.
+    prog = main_spec.name.removesuffix(".__main__") if main_spec is not None else (
+        os.path.basename(sys.argv[0]) if sys.argv else "tollgate")
     try:
+        configure_logging()  # inside: a bad TOLLGATE_* value is bad input like any other
         return main(argv)
     except TollgateError as exc:
         msg = " ".join(str(exc).split())
         print(f"{prog}: error: {msg}", file=sys.stderr)
-        return exc.exit_code
+        return exc.exit_code if exc.exit_code is not None else 1  # never 0 for an error
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -75,8 +75,8 @@ DEFINITIONS = {
 }
 
 
-def _positive(kind: type, name: str):  # type: ignore[no-untyped-def]
-    def parse(raw: str):  # type: ignore[no-untyped-def]
+def _positive(kind: type, name: str):
+    def parse(raw: str):
         try:
             value = kind(raw)
         except ValueError:
@@ -128,12 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_endpoint(flag_value: str | None) -> Endpoint:
-    for source, value in (("--endpoint", flag_value), ("TOLLGATE_ENDPOINT", os.environ.get("TOLLGATE_ENDPOINT")),
+    for source, value in (("--endpoint", flag_value), ("TOLLGATE_ENDPOINT", settings.current().endpoint),
                           ("OPENAI_BASE_URL", os.environ.get("OPENAI_BASE_URL"))):
         if value:
             return Endpoint.parse(value, source)
-    port = settings.env_port(settings.VLLM_PORT_VAR, settings.VLLM_PORT_DEFAULT)
-    return Endpoint.parse(f"http://{settings.LOOPBACK}:{port}/v1")
+    return Endpoint.parse(f"http://{settings.LOOPBACK}:{settings.current().vllm_port}/v1")
 
 
 def load_prompts(path: str | None) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The project's exception types and the exit codes of DESIGN.md.
+"""The project's exception types and its exit codes (docs/ARCHITECTURE.md, "Command lines").
 
 Exit codes: 0 pass, 1 a gate or check failed, 2 bad input.
 """

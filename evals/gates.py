@@ -1,7 +1,7 @@
 """The gate engine: threshold files, baselines and verdicts. Pure functions, no I/O
 beyond reading the files handed in.
 
-A threshold file (DESIGN.md):
+A threshold file (docs/ARCHITECTURE.md, "Threshold files"):
 
     gates:
       groundedness:
@@ -146,6 +146,48 @@ def _bound_number(value: Any, where: str) -> float:
     return float(value)
 
 
+def _parse_gate(path: str, name: Any, spec: Any) -> Gate:
+    """One entry of `gates:`; every refusal names the file and the key."""
+    where = f"{path}: gates.{name}"
+    if not isinstance(name, str) or not name:
+        raise BadInput(f"{path}: gate names must be non-empty strings, got {name!r}")
+    if not isinstance(spec, dict):
+        raise BadInput(f"{where}: must be a mapping with 'metric' and 'min' or 'max'")
+    unknown = sorted(set(map(str, spec)) - GATE_KEYS)
+    if unknown:
+        raise BadInput(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(GATE_KEYS))})")
+    metric = spec.get("metric")
+    if not isinstance(metric, str) or not metric.strip():
+        raise BadInput(f"{where}.metric: required, a metric name")
+    bound_key, bound, comparison = _parse_bound(where, spec)
+    description = spec.get("description", "")
+    if not isinstance(description, str):
+        raise BadInput(f"{where}.description: must be a string")
+    confidence = spec.get("confidence")
+    if confidence is not None and not (is_number(confidence) and 0.5 <= float(confidence) < 1.0):
+        raise BadInput(f"{where}.confidence: {confidence!r} must be a number in [0.5, 1)")
+    return Gate(name=name, metric=metric.strip(), bound=bound, comparison=comparison,
+                description=description, confidence=float(confidence) if confidence is not None else None)
+
+
+def _parse_bound(where: str, spec: dict[str, Any]) -> tuple[str, float, str]:
+    """(min|max, the bound, the comparison) of one gate: exactly one bound, a matching comparison."""
+    has_min, has_max = "min" in spec, "max" in spec
+    if has_min == has_max:
+        raise BadInput(f"{where}: needs exactly one of 'min' or 'max' ({'both' if has_min else 'neither'} given)")
+    bound_key = "min" if has_min else "max"
+    bound = _bound_number(spec[bound_key], f"{where}.{bound_key}")
+    comparison = spec.get("comparison", "gte" if has_min else "lte")
+    if comparison not in COMPARISONS:
+        raise BadInput(
+            f"{where}.comparison: unknown comparison {comparison!r} (expected one of {', '.join(sorted(COMPARISONS))})"
+        )
+    if COMPARISONS[comparison][0] != bound_key:
+        raise BadInput(f"{where}.comparison: {comparison!r} does not go with '{bound_key}' "
+                       f"(min takes gte/gt, max takes lte/lt)")
+    return bound_key, bound, comparison
+
+
 def parse_threshold_text(text: str, path: str = "<thresholds>") -> ThresholdFile:
     try:
         doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
@@ -162,40 +204,7 @@ def parse_threshold_text(text: str, path: str = "<thresholds>") -> ThresholdFile
     gates_doc = doc.get("gates")
     if not isinstance(gates_doc, dict) or not gates_doc:
         raise BadInput(f"{path}: 'gates' must be a non-empty mapping of gate name -> gate")
-    gates: list[Gate] = []
-    for name, spec in gates_doc.items():
-        where = f"{path}: gates.{name}"
-        if not isinstance(name, str) or not name:
-            raise BadInput(f"{path}: gate names must be non-empty strings, got {name!r}")
-        if not isinstance(spec, dict):
-            raise BadInput(f"{where}: must be a mapping with 'metric' and 'min' or 'max'")
-        unknown = sorted(set(map(str, spec)) - GATE_KEYS)
-        if unknown:
-            raise BadInput(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(GATE_KEYS))})")
-        metric = spec.get("metric")
-        if not isinstance(metric, str) or not metric.strip():
-            raise BadInput(f"{where}.metric: required, a metric name")
-        has_min, has_max = "min" in spec, "max" in spec
-        if has_min == has_max:
-            raise BadInput(f"{where}: needs exactly one of 'min' or 'max' ({'both' if has_min else 'neither'} given)")
-        bound_key = "min" if has_min else "max"
-        bound = _bound_number(spec[bound_key], f"{where}.{bound_key}")
-        comparison = spec.get("comparison", "gte" if has_min else "lte")
-        if comparison not in COMPARISONS:
-            raise BadInput(
-                f"{where}.comparison: unknown comparison {comparison!r} (expected one of {', '.join(sorted(COMPARISONS))})"
-            )
-        if COMPARISONS[comparison][0] != bound_key:
-            raise BadInput(f"{where}.comparison: {comparison!r} does not go with '{bound_key}' "
-                           f"(min takes gte/gt, max takes lte/lt)")
-        description = spec.get("description", "")
-        if not isinstance(description, str):
-            raise BadInput(f"{where}.description: must be a string")
-        confidence = spec.get("confidence")
-        if confidence is not None and not (is_number(confidence) and 0.5 <= float(confidence) < 1.0):
-            raise BadInput(f"{where}.confidence: {confidence!r} must be a number in [0.5, 1)")
-        gates.append(Gate(name=name, metric=metric.strip(), bound=bound, comparison=comparison,
-                          description=description, confidence=float(confidence) if confidence is not None else None))
+    gates = [_parse_gate(path, name, spec) for name, spec in gates_doc.items()]
     file_description = doc.get("description", "")
     if not isinstance(file_description, str):
         raise BadInput(f"{path}: description: must be a string")

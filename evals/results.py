@@ -14,12 +14,12 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
+from evals.contract import MODEL_REF_HELP, is_model_name, is_model_version
 from evals.errors import BadInput
 
 SCHEMA_VERSION = 1
-MODEL_REF_HELP = "NAME:VERSION, e.g. smollm2-orders:1"
 
 
 def utc_now() -> str:
@@ -36,7 +36,9 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def code_revision() -> str:
     """The code revision for provenance: env first (pods get it baked in), then git."""
-    rev = os.environ.get("TOLLGATE_CODE_REVISION")
+    from evals import settings
+
+    rev = settings.current().code_revision
     if rev:
         return rev
     try:
@@ -54,16 +56,15 @@ def code_revision() -> str:
 
 
 def parse_model_ref(ref: str, flag: str = "--model") -> tuple[str, str]:
-    """Split NAME:VERSION; anything else is bad input naming the flag."""
-    import re
-
-    m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]{0,127}):([A-Za-z0-9][A-Za-z0-9._-]{0,63})", ref or "")
-    if not m:
+    """Split NAME:VERSION (evals.contract's patterns); anything else is bad input naming the flag."""
+    name, sep, version = (ref if isinstance(ref, str) else "").partition(":")
+    if not sep or not is_model_name(name) or not is_model_version(version):
         raise BadInput(f"{flag} {ref!r} is not {MODEL_REF_HELP}")
-    return m.group(1), m.group(2)
+    return name, version
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
+    """A finite int or float (not a bool): the only values a gate can judge."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

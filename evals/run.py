@@ -15,14 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evals import settings
 from evals._cli import exit_with
+from evals.contract import EVAL_SUITES, MODEL_REF_HELP
 from evals.errors import BadInput, CheckFailed
-from evals.results import MODEL_REF_HELP, build_meta, load_results, parse_model_ref, utc_now, write_results
+from evals.results import build_meta, load_results, parse_model_ref, utc_now, write_results
 from evals.suites import runner
 from evals.suites.dataset import default_dataset, load_dataset, select_items
 from evals.suites.prompts import default_prompts, load_prompts
@@ -30,26 +31,15 @@ from evals.suites.target import check_model_served, make_client, resolve_endpoin
 
 log = logging.getLogger("tollgate.run")
 
-SUITES = ("quality", "safety")
 DEFAULT_POLICY = Path(__file__).resolve().parent / "policies" / "safety.yaml"
 GROUP_KEY = {"quality": "task", "safety": "category"}
 JUDGE_METRICS = ("groundedness_score", "hallucination_rate", "answer_relevancy")
 
 
-def _env_float(var: str, default: float) -> float:
-    raw = os.environ.get(var)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise BadInput(f"{var}={raw!r} is not a number") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help=MODEL_REF_HELP + " (the served model name)")
-    p.add_argument("--suite", required=True, choices=SUITES)
+    p.add_argument("--suite", required=True, choices=EVAL_SUITES)
     p.add_argument("--output", required=True, help="results JSON to write")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (default: $TOLLGATE_ENDPOINT or $OPENAI_BASE_URL)")
     p.add_argument("--judge-endpoint", help="judge's base URL (default: the model's endpoint)")
@@ -66,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="judge repeats per sample, for judge noise (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling, generation and the judge (default 0)")
     p.add_argument("--baseline", help="a previous results file of the same suite: adds quality_delta_vs_baseline")
-    p.add_argument("--max-error-share", type=float, default=_env_float("TOLLGATE_MAX_ERROR_SHARE", 0.2),
+    p.add_argument("--max-error-share", type=float, default=settings.current().max_error_share,
                    help="fail (exit 1) when more than this share of samples or judgements errored (default 0.2)")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default 60)")
     p.add_argument("--max-retries", type=int, default=2, help="retries with backoff on 5xx/timeouts (default 2)")
-    p.add_argument("--gpu-hour-price", type=float, default=_env_float("TOLLGATE_GPU_HOUR_PRICE", 2.0),
+    p.add_argument("--gpu-hour-price", type=float, default=settings.current().gpu_hour_price,
                    help="USD per GPU hour for the cost figures (default $TOLLGATE_GPU_HOUR_PRICE or 2.0)")
     p.add_argument("--hallucination-cutoff", type=float, default=0.5,
                    help="groundedness below this counts as a hallucination (default 0.5)")

@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+
+from evals import settings  # noqa: E402 - evals imports no Airflow
+
 # tollgate's exceptions come from Airflow's SDK, which reads (and on first use writes) its
 # config in AIRFLOW_HOME: point it at the embedded Airflow, not ~/airflow.
-os.environ.setdefault("AIRFLOW_HOME", str(Path(os.environ.get("TOLLGATE_HOME", ROOT / ".tollgate")) / "airflow"))
-
-from evals import settings  # noqa: E402
-from evals.servers import AIRFLOW_PORT_DEFAULT, AIRFLOW_PORT_VAR  # noqa: E402
+os.environ.setdefault("AIRFLOW_HOME", str(settings.current().home / "airflow"))
 
 
 def main() -> int:
@@ -31,7 +30,7 @@ def main() -> int:
     parser.add_argument("--run-id", help="the model_promotion run (default: the only pending one)")
     parser.add_argument("--dag-id", default="model_promotion")
     parser.add_argument("--user", default="approver")
-    parser.add_argument("--url", default=f"http://127.0.0.1:{settings.env_port(AIRFLOW_PORT_VAR, AIRFLOW_PORT_DEFAULT)}")
+    parser.add_argument("--url", default=f"http://127.0.0.1:{settings.current().airflow_port}")
     args = parser.parse_args()
     password = os.environ.get("TOLLGATE_AIRFLOW_PASSWORD")
     if not password:
@@ -42,7 +41,8 @@ def main() -> int:
             print(f"approve: error: no password for --user {args.user} (set TOLLGATE_AIRFLOW_PASSWORD)",
                   file=sys.stderr)
             return 2
-    from tollgate.airflow_api import AirflowApi, ApprovalApiError
+    from tollgate.airflow_api import AirflowApi
+    from tollgate.exceptions import ApprovalApiError
 
     try:
         api = AirflowApi(args.url, args.user, password)

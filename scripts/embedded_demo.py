@@ -25,17 +25,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+
+from evals import settings  # noqa: E402 - evals imports no Airflow
+
 # tollgate's exceptions come from Airflow's SDK, which reads (and on first use writes) its
 # config in AIRFLOW_HOME: point it at the embedded Airflow, not ~/airflow.
-os.environ.setdefault("AIRFLOW_HOME", str(Path(os.environ.get("TOLLGATE_HOME", ROOT / ".tollgate")) / "airflow"))
-
-from evals import seaweedfs, settings  # noqa: E402
-from evals.servers import ManagedServer, airflow_spec, mlflow_spec  # noqa: E402
+os.environ.setdefault("AIRFLOW_HOME", str(settings.current().home / "airflow"))
+from evals.launcher import ManagedServer, airflow_spec, mlflow_spec, seaweedfs  # noqa: E402
 
 log = logging.getLogger("tollgate.demo")
 MODEL = "smollm2-orders"
-BUCKET = os.environ.get(seaweedfs.BUCKET_VAR, seaweedfs.BUCKET_DEFAULT)
+BUCKET = settings.current().s3_bucket
 # The embedded default: a 135M model on 2 CPU cores. These shrink the work, not the rules:
 # the gates are the documented embedded profile (thresholds/embedded/), never the production files.
 EMBEDDED_ENV = {
@@ -66,8 +66,8 @@ def prompt_versions() -> dict[str, tuple[str, dict]]:
 
 
 def publish_and_register(s3_env: dict[str, str], tracking_uri: str) -> None:
-    from evals.publish import publish_model
-    from tollgate import registry
+    from evals.weights.publish import publish_model
+    from tollgate.mlflow import registry
 
     os.environ.update(s3_env)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri

@@ -18,11 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from evals import settings
+from evals.launcher import ManagedServer, mlflow_spec, vllm_spec
 
-from evals import settings  # noqa: E402
-from evals.servers import ManagedServer, mlflow_spec, vllm_spec  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("tollgate.demo")
 MODEL_NAME, MODEL_VERSION = "smollm2-orders", "1"
@@ -57,8 +56,7 @@ def main() -> int:
         for srv in (mlflow, vllm):
             srv.wait_ready()
 
-        env = {**os.environ, "TOLLGATE_ENDPOINT": vllm.spec.base_url + "/v1", "RAGAS_DO_NOT_TRACK": "true",
-               "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "TOLLGATE_ENDPOINT": vllm.spec.base_url + "/v1", "RAGAS_DO_NOT_TRACK": "true"}
         py = sys.executable
         model = f"{MODEL_NAME}:{MODEL_VERSION}"
         limit = ["--limit", str(args.limit)] if args.limit else []

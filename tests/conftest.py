@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 # Tests never write into the repository's .tollgate/: one throwaway TOLLGATE_HOME per
 # session (tests that need their own use monkeypatch). The converted model stays where

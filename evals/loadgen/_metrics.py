@@ -184,6 +184,8 @@ def compute_metrics(result: RunResult, slo: SLO | None = None) -> BenchmarkMetri
     busy = sum(r.e2e_s for r in measured if r.end_at)
 
     shape = result.shape
+    requested_rate: float | None
+    requested_conc: float | None
     if isinstance(shape, ClosedLoop):
         requested_rate, requested_conc = None, float(shape.users)
     else:

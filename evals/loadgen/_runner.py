@@ -268,7 +268,7 @@ def run_load(config: RunConfig) -> RunResult:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is in the lock; pods without it still work
-        uvloop = None
+        uvloop = None  # type: ignore[assignment]
     runner = LoadRunner(config)
     # Collections mid-run show up as latency spikes in the client; freeze what exists now.
     gc.collect()

@@ -103,16 +103,16 @@ class Judge:
         from ragas.llms.base import InstructorBaseRagasLLM
         from ragas.metrics.collections import AnswerRelevancy, ResponseGroundedness
 
-        from evals.suites.target import make_client
+        from evals.suites.target import judge_api_key, make_client
 
         self.config = config
-        client = make_client(config.endpoint, config.timeout_s, config.max_retries)
+        client = make_client(config.endpoint, config.timeout_s, config.max_retries, key=judge_api_key())
         llm = llm_factory(config.model, client=client, temperature=0.0, top_p=1.0, seed=config.seed,
                           max_tokens=config.max_tokens)
         if config.output == "json_schema":
             # ragas patches OpenAI clients in instructor's JSON mode (a free-form JSON object);
             # JSON_SCHEMA mode sends the response model's schema so the server constrains output.
-            llm.client = instructor.from_openai(client, mode=instructor.Mode.JSON_SCHEMA)
+            llm.client = instructor.from_openai(client, mode=instructor.Mode.JSON_SCHEMA)  # type: ignore[attr-defined]
 
         class _Recording(InstructorBaseRagasLLM):
             """Delegates to the ragas LLM and remembers why a call failed: ragas' metrics
@@ -141,7 +141,7 @@ class Judge:
                                                               config.max_retries), interface="modern")
         else:
             embeddings = _make_hashing_embeddings()
-        self.relevancy = AnswerRelevancy(llm=recording, embeddings=embeddings,
+        self.relevancy = AnswerRelevancy(llm=recording, embeddings=embeddings,  # type: ignore[arg-type]
                                          strictness=config.relevancy_strictness)
 
     def prompts(self) -> dict[str, str]:

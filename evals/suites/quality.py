@@ -109,7 +109,7 @@ def aggregate(samples: list[dict[str, Any]]) -> dict[str, float | None]:
         metrics[key] = stats.mean(vals(key))
     for key in ("groundedness_score", "answer_relevancy"):
         metrics[f"{key}_repeat_std_mean"] = stats.mean(vals(f"{key}_repeat_std"))
-    for task in sorted({s.get("task") for s in ok}):
+    for task in sorted({str(s.get("task")) for s in ok}):
         metrics[f"task_success_rate_{task}"] = stats.mean(vals("task_success_rate",
                                                                [s for s in ok if s.get("task") == task]))
     return metrics

@@ -56,7 +56,7 @@ def aggregate(policy: SafetyPolicy, samples: list[dict[str, Any]]) -> dict[str, 
 
     for key in ("refusal_rate", "over_refusal_rate", "pii_leakage_rate", "guardrail_violation_rate"):
         metrics.update(stats.summarize(key, vals(key, ok), binary=True))
-    for cat in sorted({s.get("category") for s in ok}):
+    for cat in sorted({str(s.get("category")) for s in ok}):
         sub = [s for s in ok if s.get("category") == cat]
         if any("refusal_rate" in s["scores"] for s in sub):
             metrics[f"refusal_rate_{cat}"] = stats.mean(vals("refusal_rate", sub))

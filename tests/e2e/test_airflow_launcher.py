@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from evals.servers import ManagedServer, _group_alive, airflow_spec, free_port, port_is_listening
+from evals.launcher import ManagedServer, airflow_spec, free_port, port_is_listening
+from evals.launcher.process import _group_alive
 from tests.fixtures.netstat import is_loopback, listening_addresses
 
 pytestmark = pytest.mark.integration

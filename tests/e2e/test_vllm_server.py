@@ -10,7 +10,8 @@ import pytest
 
 from evals import settings
 from evals.errors import PortInUse
-from evals.servers import ManagedServer, _group_alive, free_port, port_is_listening, vllm_spec
+from evals.launcher import ManagedServer, free_port, port_is_listening, vllm_spec
+from evals.launcher.process import _group_alive
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ def test_vllm_serves_smollm2_and_stops_cleanly() -> None:
         # A second server on the same port is refused with a message naming port and variable.
         with pytest.raises(PortInUse) as exc:
             ManagedServer(vllm_spec(settings.embedded_model_dir(), MODEL, port=port, name="vllm-dup")).start()
-        assert str(port) in str(exc.value) and settings.VLLM_PORT_VAR in str(exc.value)
+        assert str(port) in str(exc.value) and "TOLLGATE_VLLM_PORT" in str(exc.value)
 
         with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
             metrics = resp.read().decode()

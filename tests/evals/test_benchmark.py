@@ -12,7 +12,7 @@ import pytest
 
 from evals._cli import run_main
 from evals.benchmark import main
-from evals.servers import free_port
+from evals.launcher import free_port
 from tests.fixtures.stream_stub import stream_stubs  # noqa: F401 - fixture
 from tests.fixtures.vllm import TEST_MODEL
 

@@ -1,6 +1,6 @@
 """Tests of plugins/: the test DAG folder, and the session's Airflow metadata DB.
 
-plugins/ on sys.path and AIRFLOW_HOME come from tests/fixtures/airflow.py (a root
+plugins/ as the plugins folder and AIRFLOW_HOME come from tests/fixtures/airflow.py (a root
 plugin, so they are set before any test module imports airflow).
 """
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from evals.contract import EXIT_BAD_INPUT, EXIT_FAIL
 from tests.plugins.airflow_run import run_dag_test, task_states, xcom
 from tests.plugins.dags.tollgate_pod_steps import build_dag
 from tests.plugins.kmock_cluster import STEP_LABEL, KmockCluster
@@ -85,7 +86,7 @@ def test_pod_steps_run_end_to_end_against_a_kubernetes_api(tmp_path: Path):
 
 @pytest.mark.usefixtures("airflow_db")
 def test_a_failed_gate_fails_its_task_keeps_its_pod_and_still_tears_down(tmp_path: Path):
-    with KmockCluster(tmp_path, exit_codes={"gate-check": c.EXIT_CHECK_FAILED}) as cluster:
+    with KmockCluster(tmp_path, exit_codes={"gate-check": EXIT_FAIL}) as cluster:
         dag_run = run_dag(cluster, "kmock_gate_fails")
         pods = pods_by_step(cluster)
         deployments = cluster.objects("apps/v1/deployments")
@@ -104,7 +105,7 @@ def test_a_failed_gate_fails_its_task_keeps_its_pod_and_still_tears_down(tmp_pat
 
 @pytest.mark.usefixtures("airflow_db")
 def test_bad_input_is_told_apart_from_a_failed_check(tmp_path: Path):
-    with KmockCluster(tmp_path, exit_codes={"stage-weights": c.EXIT_BAD_INPUT}) as cluster:
+    with KmockCluster(tmp_path, exit_codes={"stage-weights": EXIT_BAD_INPUT}) as cluster:
         dag_run = run_dag(cluster, "kmock_bad_input")
         deployments = cluster.objects("apps/v1/deployments")
     states = task_states(dag_run)

@@ -112,7 +112,7 @@ def test_target_comes_from_the_environment(monkeypatch):
     op = pod_task(eval_step(), execution="kubernetes")
     assert (op.namespace, op.kubernetes_conn_id, op.in_cluster) == ("llmops", "k8s_prod", True)
     monkeypatch.setenv(c.K8S_IN_CLUSTER_ENV, "maybe")
-    with pytest.raises(TollgateError, match="true or false"):
+    with pytest.raises(TollgateError, match="TOLLGATE_K8S_IN_CLUSTER='maybe' must be one of"):
         KubernetesTarget.from_env()
 
 

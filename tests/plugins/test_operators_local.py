@@ -268,7 +268,7 @@ class StandInServe(LocalServeModelOperator):
 
     def server_spec(self, model_dir: Path, name: str, port: int):
         from evals.errors import BadInput
-        from evals.servers import ServerSpec
+        from evals.launcher import ServerSpec
 
         if not (model_dir / "config.json").is_file():
             raise BadInput(f"model folder {model_dir} has no config.json")
@@ -352,7 +352,7 @@ def test_serving_an_unstaged_version_fails_with_the_reason(tollgate_home: Path):
 
 def test_a_server_that_dies_before_ready_is_cleaned_up(tollgate_home: Path):
     from evals.errors import CheckFailed
-    from evals.servers import ServerSpec
+    from evals.launcher import ServerSpec
     from tollgate.serving import ModelServer
 
     class Crashing(LocalServeModelOperator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tollgate import promotion as p
+from tollgate.exceptions import GateFailed
 
 
 @pytest.mark.parametrize(
@@ -24,9 +25,9 @@ def test_approval_outcome(xcom, expected) -> None:
 
 def test_require_gates_passed_names_the_failed_gates() -> None:
     p.require_gates_passed({"failed_gates": []})
-    with pytest.raises(p.GateFailed, match="quality/regression, latency/p95"):
+    with pytest.raises(GateFailed, match="quality/regression, latency/p95"):
         p.require_gates_passed({"failed_gates": ["quality/regression", "latency/p95"]})
-    with pytest.raises(p.GateFailed, match="no evidence"):
+    with pytest.raises(GateFailed, match="no evidence"):
         p.require_gates_passed(None)
 
 

@@ -1,6 +1,6 @@
 """What both backends share: choosing the mode, reading exit codes, publishing outcomes.
 
-A step's exit code says what happened (DESIGN.md): 0 passed, 1 a gate or check
+A step's exit code says what happened (evals.contract): 0 passed, 1 a gate or check
 failed, 2 bad input, anything else is infrastructure (killed, OOM, lost node).
 Both backends push it to XCom under ``exit_code`` and fail the task the same way:
 
@@ -14,12 +14,12 @@ missing/other) and by the results file, which exists only when the step judged.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from airflow.sdk.exceptions import AirflowException
 
+from evals.contract import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_PASS
 from tollgate import constants as c
 from tollgate.exceptions import TollgateError
 
@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 def execution_mode(value: str | c.ExecutionMode | None = None) -> c.ExecutionMode:
     """The mode asked for (argument, else TOLLGATE_EXECUTION, else local)."""
-    raw = value if value is not None else os.environ.get(c.EXECUTION_ENV, "") or c.DEFAULT_EXECUTION
+    from tollgate import settings
+
+    raw = value if value is not None else settings.current().execution
     try:
         return c.ExecutionMode(raw)
     except ValueError:
@@ -38,11 +40,11 @@ def execution_mode(value: str | c.ExecutionMode | None = None) -> c.ExecutionMod
 
 
 def outcome_for_exit(exit_code: int | None) -> c.StepOutcome:
-    if exit_code == c.EXIT_PASS:
+    if exit_code == EXIT_PASS:
         return c.StepOutcome.PASSED
-    if exit_code == c.EXIT_CHECK_FAILED:
+    if exit_code == EXIT_FAIL:
         return c.StepOutcome.CHECK_FAILED
-    if exit_code == c.EXIT_BAD_INPUT:
+    if exit_code == EXIT_BAD_INPUT:
         return c.StepOutcome.BAD_INPUT
     return c.StepOutcome.INFRASTRUCTURE
 
@@ -89,12 +91,8 @@ class KubernetesTarget:
 
     @classmethod
     def from_env(cls) -> KubernetesTarget:
-        raw_in_cluster = os.environ.get(c.K8S_IN_CLUSTER_ENV, "").strip().lower()
-        if raw_in_cluster not in ("", "true", "false", "1", "0"):
-            raise TollgateError(f"{c.K8S_IN_CLUSTER_ENV}={raw_in_cluster!r} must be true or false")
-        return cls(
-            namespace=os.environ.get(c.K8S_NAMESPACE_ENV) or c.DEFAULT_NAMESPACE,
-            conn_id=os.environ.get(c.K8S_CONN_ID_ENV) or c.DEFAULT_K8S_CONN_ID,
-            in_cluster=None if raw_in_cluster == "" else raw_in_cluster in ("true", "1"),
-            config_file=os.environ.get(c.K8S_CONFIG_FILE_ENV) or None,
-        )
+        from tollgate import settings
+
+        env = settings.current()
+        return cls(namespace=env.k8s_namespace, conn_id=env.k8s_conn_id, in_cluster=env.k8s_in_cluster,
+                   config_file=env.k8s_config_file)

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk.exceptions import AirflowException
-from kubernetes.client import models as k8s
+from kubernetes.client import models as k8s  # noqa: TID253 - the k8s backend, imported only in kubernetes mode
 
+from evals.contract import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_PASS
 from tollgate import constants as c
 from tollgate.exceptions import TollgateError
 from tollgate.operators.base import KubernetesTarget, publish_exit_code, raise_for_exit
@@ -185,12 +186,12 @@ class KubernetesStepOperator(KubernetesPodOperator):
         exit_code = container_exit_code(remote_pod, self.base_container_name)
         if context is not None:
             publish_exit_code(context, exit_code)
-            if self.results_uri and exit_code in (c.EXIT_PASS, c.EXIT_CHECK_FAILED):
+            if self.results_uri and exit_code in (EXIT_PASS, EXIT_FAIL):
                 context["ti"].xcom_push(key=c.XCOM_RESULTS, value=self.results_uri)
         try:
             super().cleanup(pod=pod, remote_pod=remote_pod, xcom_result=xcom_result, context=context)
         except AirflowException as exc:
-            if exit_code in (c.EXIT_CHECK_FAILED, c.EXIT_BAD_INPUT):
+            if exit_code in (EXIT_FAIL, EXIT_BAD_INPUT):
                 try:
                     raise_for_exit(self.step.name, exit_code, self.results_uri)
                 except TollgateError as mapped:

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from tollgate import _evals
+from evals import launcher
 from tollgate import constants as c
+from tollgate import settings
 from tollgate.exceptions import TollgateError
 from tollgate.operators.base import publish_exit_code, raise_for_exit
 from tollgate.podspec import PodStep
@@ -38,7 +39,7 @@ _PYTHON_ALIASES = frozenset({"python", "python3"})
 
 def volumes_root() -> Path:
     """Where claims live on this machine: TOLLGATE_HOME/volumes."""
-    return _evals.settings().home() / c.LOCAL_VOLUMES_DIR
+    return settings.evals_settings().home / c.LOCAL_VOLUMES_DIR
 
 
 def local_mounts(step: PodStep, root: Path | None = None) -> dict[str, Path]:
@@ -120,8 +121,6 @@ class LocalPodOperator(BaseOperator):
         results = self.local_results()
         if results:
             env[c.RESULTS_ENV] = results
-        # `python -m evals.X` must find the repository whatever the worker's cwd is.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(c.REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -182,7 +181,7 @@ class LocalPodOperator(BaseOperator):
         proc = self._proc
         if proc is None:
             return
-        _evals.servers().stop_process_group(proc.pid, timeout_s=self.kill_grace_s, name=f"step {self.step.name}")
+        launcher.stop_process_group(proc.pid, timeout_s=self.kill_grace_s, name=f"step {self.step.name}")
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
 

@@ -13,16 +13,15 @@ teardown runs even when evaluations fail, so no server outlives its DAG run.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 
+from evals.contract import MODEL_NAME_PATTERN, MODEL_VERSION_PATTERN, is_model_name, is_model_version, model_ref
 from tollgate import constants as c
+from tollgate import settings
 from tollgate.exceptions import TollgateError
 from tollgate.podspec import Resources, Toleration
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _REL_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
@@ -44,7 +43,7 @@ class ModelServer:
     model_version: str
     model_path: str | None = None  # relative to the model volume; default NAME/VERSION (where evals.stage puts it)
     claim: str = c.MODEL_PVC
-    image: str = field(default_factory=lambda: os.environ.get(c.VLLM_IMAGE_ENV, c.DEFAULT_VLLM_IMAGE))
+    image: str = field(default_factory=lambda: settings.current().vllm_image)
     resources: Resources = field(default_factory=lambda: Resources(cpu="4", memory="24Gi", gpu=1))
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = (Toleration.gpu(),)
@@ -61,17 +60,17 @@ class ModelServer:
 
 def check_model_ref(name: str, version: str, path: str | None) -> None:
     """Validate rendered values; templated ones are checked again after rendering."""
-    if not is_templated(name) and not _MODEL_NAME.match(name):
-        raise TollgateError(f"invalid model server: model_name {name!r} (letters, digits, '.', '_', '-')")
-    if not is_templated(version) and not _MODEL_VERSION.match(version):
-        raise TollgateError(f"invalid model server: model_version {version!r} (letters, digits, '.', '_', '-')")
+    if not is_templated(name) and not is_model_name(name):
+        raise TollgateError(f"invalid model server: model_name {name!r} must match {MODEL_NAME_PATTERN}")
+    if not is_templated(version) and not is_model_version(version):
+        raise TollgateError(f"invalid model server: model_version {version!r} must match {MODEL_VERSION_PATTERN}")
     if path is not None and not is_templated(path) and (not _REL_PATH.match(path) or ".." in path.split("/")):
         raise TollgateError(f"invalid model server: model_path {path!r} must be relative to the model volume")
 
 
 def served_name(name: str, version: str) -> str:
     """The name vLLM serves the model under: NAME:VERSION (what evals --model takes)."""
-    return f"{name}:{version}"
+    return model_ref(name, version)
 
 
 def relative_model_path(name: str, version: str, path: str | None) -> str:

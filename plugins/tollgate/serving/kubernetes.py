@@ -11,7 +11,6 @@ same version do not share (or delete) each other's.
 
 from __future__ import annotations
 
-import os
 import string
 import time
 from collections.abc import Sequence
@@ -42,7 +41,9 @@ SERVICE_TEMPLATE = "vllm-service.yaml"
 
 
 def templates_dir() -> Path:
-    return Path(os.environ.get(c.VLLM_TEMPLATE_DIR_ENV) or c.REPO_ROOT / "infra" / "k8s")
+    from tollgate import settings
+
+    return Path(settings.current().k8s_templates or c.REPO_ROOT / "infra" / "k8s")
 
 
 def render_manifest(template: str, values: dict[str, str]) -> dict[str, Any]:

