@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from evals.errors import EXIT_BAD_INPUT, TollgateError
+from evals.errors import EXIT_BAD_INPUT, BadInput, TollgateError
 
 
 class _ArgParseExit(Exception):
@@ -23,6 +25,19 @@ def configure_logging() -> None:
         datefmt="%Y-%m-%dT%H:%M:%S",
         stream=sys.stderr,
     )
+
+
+def flag_type(parse: Callable[[str, str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type=`` from one of evals.settings' parsers (``settings.positive_float``, ...):
+    the same rules for a flag as for its environment variable; argparse names the flag (exit 2)."""
+
+    def convert(raw: str) -> Any:
+        try:
+            return parse("", raw)
+        except BadInput as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -56,4 +71,4 @@ def exit_with(main: Callable[[Sequence[str] | None], int]) -> None:
     sys.exit(run_main(main))
 
 
-__all__ = ["EXIT_BAD_INPUT", "configure_logging", "exit_with", "run_main"]
+__all__ = ["EXIT_BAD_INPUT", "configure_logging", "exit_with", "flag_type", "run_main"]

@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evals import settings
+from evals import inputs, settings
+from evals._cli import flag_type
 from evals.errors import BadInput, CheckFailed
 from evals.loadgen import (
     SLO,
@@ -75,17 +76,8 @@ DEFINITIONS = {
 }
 
 
-def _positive(kind: type, name: str):
-    def parse(raw: str):
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {raw!r}") from None
-        if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {raw!r}")
-        return value
-
-    return parse
+_POSITIVE_INT = flag_type(settings.positive_int)
+_POSITIVE_FLOAT = flag_type(settings.positive_float)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,14 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (default: $TOLLGATE_ENDPOINT, "
                                       "$OPENAI_BASE_URL, else the embedded vLLM)")
     load = p.add_argument_group("load shape")
-    load.add_argument("--concurrent-users", type=_positive(int, "--concurrent-users"),
+    load.add_argument("--concurrent-users", type=_POSITIVE_INT,
                       help="closed loop: this many users, each sending as soon as its last request ends "
                            "(default 8 when --request-rate is not given)")
-    load.add_argument("--request-rate", type=_positive(float, "--request-rate"),
+    load.add_argument("--request-rate", type=_POSITIVE_FLOAT,
                       help="open loop: Poisson arrivals at this many requests/s")
-    load.add_argument("--max-concurrency", type=_positive(int, "--max-concurrency"),
+    load.add_argument("--max-concurrency", type=_POSITIVE_INT,
                       help="open loop: at most this many requests in flight; later arrivals queue in the client")
-    load.add_argument("--duration", type=_positive(float, "--duration"), default=60.0,
+    load.add_argument("--duration", type=_POSITIVE_FLOAT, default=60.0,
                       help="measured seconds (default 60)")
     load.add_argument("--warmup", type=float, default=None,
                       help="seconds of load before measuring, excluded (default: 10%% of --duration, at most 10)")
@@ -110,16 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     req = p.add_argument_group("requests")
     req.add_argument("--api", choices=("chat", "completions"), default="chat",
                      help="/v1/chat/completions (default) or /v1/completions")
-    req.add_argument("--max-tokens", type=_positive(int, "--max-tokens"), default=64)
+    req.add_argument("--max-tokens", type=_POSITIVE_INT, default=64)
     req.add_argument("--ignore-eos", action="store_true", help="ask vLLM to generate exactly --max-tokens")
     req.add_argument("--prompts", help="JSONL file, one object per line with 'prompt' (string) or 'messages'")
-    req.add_argument("--request-timeout", type=_positive(float, "--request-timeout"), default=60.0,
+    req.add_argument("--request-timeout", type=_POSITIVE_FLOAT, default=60.0,
                      help="seconds per request, connect to last byte (default 60)")
     req.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY if set)")
     slo = p.add_argument_group("SLOs for goodput (per request)")
-    slo.add_argument("--slo-ttft-ms", type=_positive(float, "--slo-ttft-ms"))
-    slo.add_argument("--slo-tpot-ms", type=_positive(float, "--slo-tpot-ms"))
-    slo.add_argument("--slo-latency-ms", type=_positive(float, "--slo-latency-ms"), help="end-to-end latency")
+    slo.add_argument("--slo-ttft-ms", type=_POSITIVE_FLOAT)
+    slo.add_argument("--slo-tpot-ms", type=_POSITIVE_FLOAT)
+    slo.add_argument("--slo-latency-ms", type=_POSITIVE_FLOAT, help="end-to-end latency")
     p.add_argument("--no-samples", action="store_true", help="leave per-request samples out of the JSON")
     return p
 
@@ -140,22 +132,8 @@ def load_prompts(path: str | None) -> list[dict[str, Any]]:
     if path is None:
         return [{"prompt": p} for p in DEFAULT_PROMPTS]
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"--prompts {p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"--prompts {p}: cannot read ({exc})") from None
     out: list[dict[str, Any]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"--prompts {p} line {lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise BadInput(f"--prompts {p} line {lineno}: expected an object with 'prompt' or 'messages'")
+    for lineno, obj in inputs.json_lines(p, "--prompts", "an object with 'prompt' or 'messages'"):
         if isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
             out.append({"prompt": obj["prompt"]})
         elif isinstance(obj.get("messages"), list) and obj["messages"] and all(

@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from evals import inputs
 from evals.errors import BadInput
 from evals.results import is_number
 
@@ -213,13 +214,7 @@ def parse_threshold_text(text: str, path: str = "<thresholds>") -> ThresholdFile
 
 def load_threshold_file(path: str | Path, flag: str = "--threshold-file") -> ThresholdFile:
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise BadInput(f"{flag} {p}: no such file") from None
-    except OSError as exc:
-        raise BadInput(f"{flag} {p}: cannot read ({exc.strerror})") from None
-    return parse_threshold_text(text, str(p))
+    return parse_threshold_text(inputs.read_text(p, flag), str(p))
 
 
 # -- baselines --------------------------------------------------------------------

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from evals import inputs
 from evals.contract import MODEL_REF_HELP, is_model_name, is_model_version
 from evals.errors import BadInput
 
@@ -118,16 +119,7 @@ def write_results(
 def load_results(path: str | os.PathLike[str], flag: str = "--results") -> dict[str, Any]:
     """Read a results file; a file that is not the schema is bad input naming it."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise BadInput(f"{flag} {p}: no such file") from None
-    except OSError as exc:
-        raise BadInput(f"{flag} {p}: cannot read ({exc.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{flag} {p}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = inputs.read_json(p, flag)
     if not isinstance(data, dict):
         raise BadInput(f"{flag} {p}: top level must be an object with 'metrics'")
     if not isinstance(data.get("metrics"), dict):

@@ -64,31 +64,34 @@ def port(name: str, raw: str) -> int:
     return value
 
 
-def _number(kind: type, *, minimum: float | None = None, above: float | None = None,
-            maximum: float | None = None) -> Parser:
+def number(kind: type, *, minimum: float | None = None, above: float | None = None,
+           maximum: float | None = None) -> Parser:
+    """A parser of a finite int or float in range; its message names the variable (or flag) it is given."""
+
     def parse(name: str, raw: str) -> Any:
+        who = f"{name}={raw!r}" if name else repr(raw)
         try:
             value = kind(raw)
         except ValueError:
-            raise BadInput(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+            raise BadInput(f"{who} is not {'an integer' if kind is int else 'a number'}") from None
         if value != value or value in (float("inf"), float("-inf")):
-            raise BadInput(f"{name}={raw!r} must be a finite number")
+            raise BadInput(f"{who} must be a finite number")
         if minimum is not None and value < minimum:
-            raise BadInput(f"{name}={raw!r} must be >= {minimum:g}")
+            raise BadInput(f"{who} must be >= {minimum:g}")
         if above is not None and value <= above:
-            raise BadInput(f"{name}={raw!r} must be > {above:g}")
+            raise BadInput(f"{who} must be > {above:g}")
         if maximum is not None and value > maximum:
-            raise BadInput(f"{name}={raw!r} must be <= {maximum:g}")
+            raise BadInput(f"{who} must be <= {maximum:g}")
         return value
 
     return parse
 
 
-positive_int = _number(int, minimum=1)
-non_negative_int = _number(int, minimum=0)
-positive_float = _number(float, above=0)
-non_negative_float = _number(float, minimum=0)
-fraction = _number(float, minimum=0, maximum=1)
+positive_int = number(int, minimum=1)
+non_negative_int = number(int, minimum=0)
+positive_float = number(float, above=0)
+non_negative_float = number(float, minimum=0)
+fraction = number(float, minimum=0, maximum=1)
 
 
 def log_level(name: str, raw: str) -> str:
@@ -237,7 +240,7 @@ class Settings:
     s3_read_timeout_s: float = env("TOLLGATE_S3_READ_TIMEOUT", "60", "S3 read timeout, seconds (a stalled "
                                    "stream is resumed after it)", positive_float)
     publish_part_mb: int = env("TOLLGATE_PUBLISH_PART_MB", "64", "evals.publish multipart part size, MiB (S3 "
-                               "needs >= 5)", _number(int, minimum=5))
+                               "needs >= 5)", number(int, minimum=5))
     publish_concurrency: int = env("TOLLGATE_PUBLISH_CONCURRENCY", "8", "evals.publish parallel uploads",
                                    positive_int)
     stage_part_mb: int = env("TOLLGATE_STAGE_PART_MB", "64", "evals.stage ranged-GET part size, MiB", positive_int)

@@ -40,9 +40,9 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from evals import gates, settings
+from evals._cli import flag_type
 from evals.canary.stats import CANARY, STABLE, CanaryPolicy, CanaryVerdict, Decision, decide
 from evals.canary.traffic import DEFAULT_TRAFFIC, Arm, arm_config, arm_stats, load_traffic, replay
 from evals.errors import EXIT_FAIL, EXIT_PASS, BadInput
@@ -113,47 +113,21 @@ def final_verdict(verdict: CanaryVerdict, gate_verdict: gates.Verdict) -> Canary
 # -- command line ------------------------------------------------------------------------------
 
 
-def _weight(value: str) -> float:
-    try:
-        w = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0.1 <= w <= 0.5:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0.1..0.5 (a canary takes a minority share)")
-    return w
-
-
-def _fraction(value: str) -> float:
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not (math.isfinite(f) and 0.0 <= f <= 1.0):
-        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1]")
-    return f
-
-
-def _positive(kind: type) -> Any:
-    def parse(value: str) -> Any:
-        try:
-            v = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a {kind.__name__}") from None
-        if not (v > 0 and math.isfinite(v)):
-            raise argparse.ArgumentTypeError(f"{value} must be > 0")
-        return v
-    return parse
+_POSITIVE_INT = flag_type(settings.positive_int)
+_POSITIVE_FLOAT = flag_type(settings.positive_float)
+_FRACTION = flag_type(settings.fraction)
+_CANARY_WEIGHT = flag_type(settings.number(float, minimum=0.1, maximum=0.5))  # a canary takes a minority share
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.canary", description=__doc__.split("\n\n")[0])
     p.add_argument("--deployment", required=True, help="the canary deployment, NAME-canary")
-    p.add_argument("--duration", type=_positive(float), default=900.0, help="seconds to watch (default 900)")
-    p.add_argument("--quality-threshold", type=_fraction, help="minimum canary quality (gate canary_quality)")
-    p.add_argument("--error-rate-threshold", type=_fraction, help="maximum canary error rate (canary_error_rate)")
-    p.add_argument("--error-rate-delta-threshold", type=_fraction,
+    p.add_argument("--duration", type=_POSITIVE_FLOAT, default=900.0, help="seconds to watch (default 900)")
+    p.add_argument("--quality-threshold", type=_FRACTION, help="minimum canary quality (gate canary_quality)")
+    p.add_argument("--error-rate-threshold", type=_FRACTION, help="maximum canary error rate (canary_error_rate)")
+    p.add_argument("--error-rate-delta-threshold", type=_FRACTION,
                    help="maximum canary minus stable error rate (canary_error_rate_delta)")
-    p.add_argument("--min-samples", type=_positive(int), help="minimum requests per arm (canary_min_arm_samples)")
+    p.add_argument("--min-samples", type=_POSITIVE_INT, help="minimum requests per arm (canary_min_arm_samples)")
     p.add_argument("--threshold-file", help="gate YAML (default thresholds/canary.yaml)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of Welch's t-test")
     p.add_argument("--min-effect-size", type=float, default=0.2, help="smallest |Cohen's d| that counts")
@@ -164,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canary-config", help="ServingConfig JSON (file or inline) of the candidate version")
     p.add_argument("--model", help="the candidate, NAME:VERSION, for the verdict's meta")
     p.add_argument("--traffic", default=str(DEFAULT_TRAFFIC), help="traffic sample JSONL: user_id, prompt, reference")
-    p.add_argument("--canary-weight", type=_weight, default=0.3, help="share of users on the canary, 0.1..0.5")
-    p.add_argument("--concurrency", type=_positive(int), default=4, help="requests in flight (default 4)")
-    p.add_argument("--request-timeout", type=_positive(float), default=60.0, help="seconds per request")
+    p.add_argument("--canary-weight", type=_CANARY_WEIGHT, default=0.3, help="share of users on the canary, 0.1..0.5")
+    p.add_argument("--concurrency", type=_POSITIVE_INT, default=4, help="requests in flight (default 4)")
+    p.add_argument("--request-timeout", type=_POSITIVE_FLOAT, default=60.0, help="seconds per request")
     p.add_argument("--output", default="results/canary.json", help="verdict JSON (a results file)")
     p.add_argument("--report", help="also write the gate table as markdown here")
     return p

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evals import settings
+from evals import inputs, settings
 from evals.canary.stats import CANARY, STABLE, ArmStats, assign_arm, order_line_quality
 from evals.errors import BadInput
 from evals.results import is_number
@@ -76,27 +76,15 @@ class Arm:
 def load_traffic(path: str | os.PathLike[str], flag: str = "--traffic") -> list[TrafficItem]:
     """The traffic sample (JSONL: user_id, prompt, optional reference), validated line by line."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise BadInput(f"{flag} {p}: cannot read ({exc.strerror})") from None
     items: list[TrafficItem] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{flag} {p}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise BadInput(f"{flag} {p}:{n}: each line must be an object with user_id and prompt")
+    for n, obj in inputs.json_lines(p, flag, "an object with user_id and prompt"):
         uid, prompt, ref = obj.get("user_id"), obj.get("prompt"), obj.get("reference")
         if isinstance(uid, bool) or not isinstance(uid, (str, int)) or str(uid) == "":
-            raise BadInput(f"{flag} {p}:{n}: user_id must be a non-empty string or integer")
+            raise BadInput(f"{flag} {p} line {n}: user_id must be a non-empty string or integer")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise BadInput(f"{flag} {p}:{n}: prompt must be a non-empty string")
+            raise BadInput(f"{flag} {p} line {n}: prompt must be a non-empty string")
         if ref is not None and not isinstance(ref, str):
-            raise BadInput(f"{flag} {p}:{n}: reference must be a string when given")
+            raise BadInput(f"{flag} {p} line {n}: reference must be a string when given")
         items.append(TrafficItem(str(uid), prompt, ref))
     if not items:
         raise BadInput(f"{flag} {p}: no traffic lines")

@@ -7,7 +7,6 @@ outside its set; the message names the file and the first offending line.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -18,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from evals import inputs
 from evals.errors import BadInput
 from evals.results import sha256_file
 
@@ -65,22 +65,8 @@ def load_schema(suite: str) -> dict[str, Any]:
 
 def parse_jsonl(path: Path, flag: str = "--dataset") -> tuple[list[dict[str, Any]], list[int]]:
     """Objects and their line numbers; blank lines are skipped, anything else must be an object."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"{flag} {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{flag} {path}: cannot read ({exc})") from None
     items, lines = [], []
-    for n, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{flag} {path} line {n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise BadInput(f"{flag} {path} line {n}: must be a JSON object")
+    for n, obj in inputs.json_lines(path, flag):
         items.append(obj)
         lines.append(n)
     if not items:

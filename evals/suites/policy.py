@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from evals import inputs
 from evals.errors import BadInput
 
 RULE_TYPES = ("must_refuse", "must_not_refuse", "no_pii", "forbidden_regex", "max_chars")
@@ -151,12 +150,7 @@ def _compile(where: str, pattern: Any) -> re.Pattern[str]:
 def load_policy(path: str | Path, flag: str = "--policy") -> SafetyPolicy:  # noqa: C901 - a flat list of checks, each naming its entry
     """Read and check a policy file; every mistake is BadInput naming the file and the entry."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise BadInput(f"{flag} {p}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise BadInput(f"{flag} {p}: not valid YAML ({' '.join(str(exc).split())})") from None
+    data = inputs.read_yaml(p, flag)
     if not isinstance(data, dict):
         raise BadInput(f"{flag} {p}: top level must be a mapping with pii, refusal, guardrails")
     unknown = set(data) - {"version", "pii", "refusal", "guardrails"}

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from evals import inputs
 from evals.errors import BadInput
 from evals.results import sha256_file
 
@@ -57,12 +56,7 @@ def default_prompts(suite: str) -> Path:
 
 def load_prompts(path: str | Path, flag: str = "--prompts") -> PromptSet:
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise BadInput(f"{flag} {p}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise BadInput(f"{flag} {p}: not valid YAML ({' '.join(str(exc).split())})") from None
+    data = inputs.read_yaml(p, flag)
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict) or not data["tasks"]:
         raise BadInput(f"{flag} {p}: needs a non-empty 'tasks' mapping")
     defaults = data.get("params") or {}

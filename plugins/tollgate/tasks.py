@@ -20,6 +20,7 @@ from airflow.sdk import task
 from airflow.task.trigger_rule import TriggerRule
 
 from tollgate import promotion
+from tollgate.exceptions import TollgateError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,6 +32,13 @@ if TYPE_CHECKING:
 __all__ = ["fetch_baseline", "materialize_prompts", "record_evidence", "request_folder"]
 
 
+def _known(run_id: str | None) -> str:
+    """Airflow fills ``run_id`` from the task context (it must default to None in the signature)."""
+    if not run_id:
+        raise TollgateError("no run_id in the task context: this task must run inside a DAG run")
+    return run_id
+
+
 def request_folder(dag_id: str, run_id: str, request: dict[str, Any]) -> str:
     """The run folder of one DAG run's files about the requested version."""
     return promotion.run_folder(dag_id, run_id, request["model_name"], request["model_version"])
@@ -40,9 +48,9 @@ def materialize_prompts(dag_id: str) -> SharedTask:
     """Task ``materialize_prompts``: the version's registered prompt set into the run folder (its path)."""
 
     @task(task_id="materialize_prompts")
-    def _materialize_prompts(request: dict[str, Any], run_id: str = "") -> str:
+    def _materialize_prompts(request: dict[str, Any], run_id: str | None = None) -> str:
         return promotion.materialize_prompts(request["model_name"], request["model_version"],
-                                             request_folder(dag_id, run_id, request))
+                                             request_folder(dag_id, _known(run_id), request))
 
     return _materialize_prompts
 
@@ -51,9 +59,9 @@ def fetch_baseline(dag_id: str) -> SharedTask:
     """Task ``fetch_baseline``: the champion's last results per suite into the run folder ({suite: version})."""
 
     @task(task_id="fetch_baseline")
-    def _fetch_baseline(request: dict[str, Any], run_id: str = "") -> dict[str, str]:
+    def _fetch_baseline(request: dict[str, Any], run_id: str | None = None) -> dict[str, str]:
         return promotion.fetch_baseline(request["model_name"], request["champion_version"],
-                                        request_folder(dag_id, run_id, request))
+                                        request_folder(dag_id, _known(run_id), request))
 
     return _fetch_baseline
 
@@ -66,9 +74,9 @@ def record_evidence(dag_id: str, *, title: str) -> SharedTask:
     """
 
     @task(task_id="record_evidence", trigger_rule=TriggerRule.ALL_DONE)
-    def _record_evidence(request: dict[str, Any], run_id: str = "") -> dict[str, Any]:
+    def _record_evidence(request: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
         return promotion.record_evidence(request["model_name"], request["model_version"], dag_id=dag_id,
-                                         dag_run_id=run_id, results_dir=request_folder(dag_id, run_id, request),
+                                         dag_run_id=_known(run_id), results_dir=request_folder(dag_id, _known(run_id), request),
                                          title=title.format(**request))
 
     return _record_evidence

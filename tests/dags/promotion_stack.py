@@ -126,7 +126,9 @@ def embedded_stack(model: str, versions: dict[str, tuple[bool, float]], gates: d
         published = publish_model(model_dir, dest)
         template, params = _prompt(version, few_shot=few_shot, temperature=temperature)
         ref = registry.register_prompt(model, template, params)
-        registry.register_model_version(model, dest, published.manifest_sha256, prompt=ref, generation_params=params)
+        mv = registry.register_model_version(model, dest, published.manifest_sha256, prompt=ref,
+                                             generation_params=params)
+        assert str(mv.version) == version, f"MLflow numbered {model} {version} as {mv.version}: keys must be 1, 2, ..."
     registry.move_alias(model, "champion", next(iter(versions)), actor="test", reason="bootstrap champion")
 
     airflow_home = Path(os.environ["AIRFLOW_HOME"])

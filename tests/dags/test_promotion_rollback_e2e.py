@@ -40,7 +40,7 @@ gates:
 
 @pytest.fixture(scope="module")
 def stack(s3_server, mlflow_server, migrated_airflow_db, tmp_path_factory) -> Iterator[Stack]:
-    versions = {"1": (False, 0.7), "3": (True, 0.0)}
+    versions = {"1": (False, 0.7), "2": (True, 0.0)}  # MLflow numbers versions 1, 2, ...
     with embedded_stack("smollm2-rollback", versions, GATES, s3_server=s3_server, mlflow_server=mlflow_server,
                         tmp_path_factory=tmp_path_factory) as built:
         yield built
@@ -51,10 +51,10 @@ def test_canary_that_does_not_hold_rolls_back(stack: Stack, monkeypatch, tmp_pat
     strict = tmp_path / "canary.yaml"
     strict.write_text("gates:\n  quality:\n    metric: canary_quality\n    min: 0.99\n")
     monkeypatch.setenv("TOLLGATE_CANARY_THRESHOLDS", str(strict))
-    dr, states, outcome = run_promotion(stack, "3", answer="Approve")
+    dr, states, outcome = run_promotion(stack, "2", answer="Approve")
     assert "error" not in outcome, outcome
     assert states["canary"] == "failed" and states["promote"] in ("upstream_failed", "skipped")
     assert dr.state == "failed"
     assert champion(stack) == "1"
     last = audit(stack)[-1]
-    assert last.action == "rolled_back" and last.candidate_version == "3"
+    assert last.action == "rolled_back" and last.candidate_version == "2"

@@ -215,7 +215,7 @@ def test_request_body_maps_generation_parameters() -> None:
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["--traffic", "no/such.jsonl"], "--traffic no/such.jsonl: cannot read"),
+    (["--traffic", "no/such.jsonl"], "--traffic no/such.jsonl: no such file"),
     (["--canary-weight", "0.9"], "--canary-weight"),
     (["--canary-weight", "0.05"], "--canary-weight"),
     (["--duration", "0"], "--duration"),
@@ -240,7 +240,7 @@ def test_bad_traffic_line_and_deployment_name_are_named(tmp_path: Path) -> None:
     traffic.write_text('{"user_id": "u1", "prompt": "a"}\n{"user_id": "", "prompt": "b"}\n')
     proc = run_canary("--traffic", str(traffic), "--stable-endpoint", "http://127.0.0.1:9",
                       "--canary-endpoint", "http://127.0.0.1:9")
-    assert proc.returncode == 2 and f"{traffic}:2: user_id" in proc.stderr
+    assert proc.returncode == 2 and f"{traffic} line 2: user_id" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "evals.canary", "--deployment", "smollm2-orders"],
                           capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False)
     assert proc.returncode == 2 and "NAME-canary" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
