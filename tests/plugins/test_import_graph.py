@@ -1,4 +1,4 @@
-"""plugins/tollgate has no import cycle.
+"""plugins/tollgate and evals/ have no import cycle.
 
 Module-level imports (``if TYPE_CHECKING:`` excluded) must form a DAG, and so must all
 imports, the ones inside functions too: a cycle hidden in a function-level import
@@ -11,13 +11,14 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.fixtures.airflow import PLUGINS
+from tests.fixtures.airflow import PLUGINS, REPO_ROOT
 
 PACKAGE = PLUGINS / "tollgate"
+EVALS = REPO_ROOT / "evals"
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PLUGINS).with_suffix("").parts)
+def module_name(path: Path, root: Path = PLUGINS) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -39,9 +40,10 @@ def _top_level(body: list[ast.stmt]):
             yield node
 
 
-def import_graph(*, inside_functions: bool = False) -> dict[str, set[str]]:
-    """Module -> the tollgate modules it imports at import time (or anywhere, ``inside_functions``)."""
-    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+def import_graph(*, inside_functions: bool = False, package_dir: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports at import time (or anywhere, ``inside_functions``)."""
+    root = package_dir.parent
+    files = {module_name(p, root): p for p in package_dir.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -89,6 +91,13 @@ def test_no_import_cycle_in_plugins() -> None:
         "tollgate.mlflow.audit", "tollgate.mlflow.tracking"}
     assert cycles(graph) == []
     assert cycles(import_graph(inside_functions=True)) == []
+
+
+def test_no_import_cycle_in_evals() -> None:
+    graph = import_graph(package_dir=EVALS)
+    assert graph["evals.weights.stage"] >= {"evals.weights.transfer", "evals.weights.fs"}
+    assert cycles(graph) == []
+    assert cycles(import_graph(inside_functions=True, package_dir=EVALS)) == []
 
 
 def test_the_mlflow_layer_imports_one_way() -> None:
