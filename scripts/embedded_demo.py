@@ -146,9 +146,10 @@ def main() -> int:
                 failed = evidence.get("failed_gates") or []
                 log.info("model_evaluation %s (%s): %s%s", run["dag_run_id"], json.dumps(run.get("conf")),
                          done["state"], f"; failed or undecided gates: {', '.join(failed)}" if failed else "")
-                if any(g.startswith("quality/regression") for g in failed):
+                if any(g.startswith("quality/regression") or g.endswith("_vs_champion") for g in failed):
                     log.info("(a version's first nightly has no earlier results to compare with: the regression "
-                             "gate fails closed and the nightly alerts; the next nightly compares with this one)")
+                             "and speed-vs-champion gates fail closed and the nightly alerts; the next nightly "
+                             "compares with this one, and the promotion below compares with it)")
         promo = api.trigger("model_promotion", {"model_name": MODEL, "model_version": "2",
                                                 "target_env": "production"})
         log.info("triggered model_promotion (%s) for %s:2 -> production", promo, MODEL)
