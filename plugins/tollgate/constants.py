@@ -30,7 +30,6 @@ class StepOutcome(StrEnum):
 
 # -- environment variables ---------------------------------------------------------------
 EXECUTION_ENV = "TOLLGATE_EXECUTION"  # local (default) | kubernetes
-HOME_ENV = "TOLLGATE_HOME"  # state folder of the embedded default (evals.settings.home)
 RESULTS_ENV = "TOLLGATE_RESULTS"  # set in every step: where its results file goes
 ENDPOINT_ENV = "TOLLGATE_ENDPOINT"  # the model server under test, read by evals.*
 IMAGE_ENV = "TOLLGATE_IMAGE"  # overrides DEFAULT_IMAGE

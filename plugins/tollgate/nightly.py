@@ -11,7 +11,6 @@ from evals.contract import SUITES
 
 log = logging.getLogger("tollgate.nightly")
 
-NOTIFIER_ENV = "TOLLGATE_NOTIFIER"  # file (default): JSON lines in TOLLGATE_HOME/notifications.jsonl; log: log only
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from tollgate.operators.factory import pod_task
 from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation, SecretEnv, Toleration
 from tollgate.serving import ModelServer, serve_model, stop_model
 
-THRESHOLDS_ENV = "TOLLGATE_THRESHOLDS"  # folder of gate files: thresholds (production) or thresholds/embedded
 S3_SECRET_NAME = "tollgate-s3"  # noqa: S105 - a Secret name, not a secret; Kubernetes Secret with the S3 credentials (keys: access-key-id, secret-access-key)
 JUDGE_SECRET_NAME = "tollgate-judge"  # noqa: S105 - a Secret name; optional: API key of an external judge endpoint
 
