@@ -19,7 +19,7 @@ from tollgate import promotion as p
 from tollgate import settings
 from tollgate import tasks as shared
 from tollgate.approvals import DECISION_KEY, PromotionApproval
-from tollgate.exceptions import GateFailed
+from tollgate.exceptions import AliasConflict, GateFailed
 from tollgate.operators.factory import pod_task
 from tollgate.pipeline import Subject, build_evaluation
 from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation
@@ -144,9 +144,13 @@ with DAG(
         decision, who = p.approval_outcome(ti.xcom_pull(task_ids="approval", key=DECISION_KEY))
         if decision != "approved":
             raise AirflowSkipException(f"not approved ({decision})")
-        return p.promote(request["model_name"], request["model_version"], request["alias"], approver=who,
-                         evidence_run_id=evidence["run_id"], canary={"decision": "promote"}, dag_id=DAG_ID,
-                         dag_run_id=run_id)
+        try:  # compare-before-move: never overwrite an alias someone else moved during this run
+            return p.promote(request["model_name"], request["model_version"], request["alias"], approver=who,
+                             evidence_run_id=evidence["run_id"], canary={"decision": "promote"}, dag_id=DAG_ID,
+                             dag_run_id=run_id, expect_from=request["current_target"])
+        except AliasConflict as exc:
+            ti.xcom_push(key="alias_conflict", value=str(exc))
+            raise AirflowFailException(str(exc)) from None
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def finalize(request: dict, run_id: str | None = None, ti=None) -> dict:
@@ -156,7 +160,10 @@ with DAG(
         if moved:
             return {"outcome": "promoted", **moved}
         decision, who = p.approval_outcome(ti.xcom_pull(task_ids="approval", key=DECISION_KEY))
-        if evidence.get("failed_gates"):
+        conflict = ti.xcom_pull(task_ids="promote", key="alias_conflict")
+        if conflict:
+            outcome, why = "alias_conflict", conflict
+        elif evidence.get("failed_gates"):
             outcome, why = "gate_failed", "; ".join(evidence["failed_gates"])
         elif decision in ("rejected", "timed_out", "no_response"):
             outcome, why = decision, f"approval {decision}"

@@ -2,6 +2,12 @@
 
     python -m evals.gate_check --results results/quality.json --threshold-file thresholds/quality.yaml \
         [--baseline results/champion-quality.json] [--output verdict.json] [--report report.md]
+        [--production-threshold-file thresholds/quality.yaml] [--establish-baseline]
+
+`--production-threshold-file` judges the same evidence against production's gates too and
+reports that verdict beside the deciding one (it never changes the exit code).
+`--establish-baseline` lets comparison gates with no earlier measurement pass as
+"baseline established" (a fresh install's first evaluate); a promotion never passes it.
 
 Exit 0 when every gate passes, 1 when any fails (fail closed on missing, null, NaN or
 non-numeric metrics), 2 on bad input with one line naming the file and key.
@@ -28,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="baseline results JSON (the current champion's) to derive *_delta_vs_baseline")
     p.add_argument("--output", help="write the JSON verdict here")
     p.add_argument("--report", help="write the markdown gate table here")
+    p.add_argument("--production-threshold-file", help="also judge the evidence against this (production) gate "
+                   "file and report it beside the deciding verdict; it does not change the exit code")
+    p.add_argument("--establish-baseline", action="store_true",
+                   help="comparison gates without any earlier measurement pass as 'baseline established'")
     return p
 
 
@@ -37,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     thresholds = gates.load_threshold_file(args.threshold_file)
     results = load_results(args.results, "--results")
     baseline = load_results(args.baseline, "--baseline") if args.baseline else None
-    verdict = gates.evaluate(thresholds, results, baseline)
+    production = gates.load_threshold_file(args.production_threshold_file, "--production-threshold-file") \
+        if args.production_threshold_file else None
+    verdict = gates.evaluate(thresholds, results, baseline, establish_baseline=args.establish_baseline)
+    prod_verdict = gates.evaluate(production, results, baseline) if production is not None else None
 
     meta = results.get("meta") or {}
     subject = ":".join(str(meta[k]) for k in ("model", "version") if meta.get(k)) or Path(args.results).name
@@ -55,8 +68,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "baseline_file": str(args.baseline) if args.baseline else None,
         "baseline_sha256": sha256_file(args.baseline) if args.baseline else None,
         "evaluated_utc": utc_now(),
+        "profile": thresholds.profile or Path(args.threshold_file).parent.name,
+        "judge": _judge_line(results),
     }
-    report = gates.markdown_report(verdict, f"{suite} gates for {subject}")
+    profile = payload["profile"]
+    report = gates.markdown_report(verdict, f"{suite} gates for {subject} ({profile} profile, deciding)")
+    if prod_verdict is not None and production is not None:
+        payload["production"] = {
+            "passed": prod_verdict.passed, "failed_gates": [g.name for g in prod_verdict.failed],
+            "gates": [g.to_dict() for g in prod_verdict.gates],
+            "thresholds_file": str(args.production_threshold_file),
+            "thresholds_sha256": sha256_file(args.production_threshold_file),
+        }
+        report += "\n" + gates.markdown_report(
+            prod_verdict, f"{suite} gates for {subject} (production thresholds, same evidence, not deciding)")
     if args.output:
         write_json_atomic(args.output, payload)
     if args.report:
@@ -66,6 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for g in verdict.failed:
         log.warning("gate %s failed: %s", g.name, g.reason)
     return EXIT_PASS if verdict.passed else EXIT_FAIL
+
+
+def _judge_line(results: dict) -> str | None:
+    """Which judge scored the judge metrics, or why none did (quality results only)."""
+    judge = (results.get("meta") or {}).get("judge")
+    if not isinstance(judge, dict):
+        return None
+    if judge.get("judged") is False:
+        return f"{gates.NOT_JUDGED}: {judge.get('reason', 'no independent judge')}"
+    return f"{judge.get('model')} at {judge.get('endpoint')}"
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from evals import inputs
+from evals import inputs, paired
 from evals.errors import BadInput
 from evals.results import is_number
 
@@ -47,7 +47,8 @@ COMPARISONS: dict[str, tuple[str, str]] = {
     "lte": ("max", "<="),
     "lt": ("max", "<"),
 }
-GATE_KEYS = {"metric", "min", "max", "comparison", "description", "confidence"}
+GATE_KEYS = {"metric", "min", "max", "comparison", "description", "confidence", "on", "mde"}
+DECIDE_ON = ("value", "ci_lower", "ci_upper")
 FILE_KEYS = {"gates", "description", "profile"}
 DELTA_SUFFIX = "_delta_vs_baseline"
 RATIO_SUFFIX = "_ratio_vs_baseline"
@@ -64,6 +65,8 @@ class Gate:
     comparison: str
     description: str = ""
     confidence: float | None = None
+    on: str = "value"  # value | ci_lower | ci_upper: what the bound is compared with
+    mde: float | None = None  # the regression this gate must detect (sample-size check)
 
     @property
     def symbol(self) -> str:
@@ -72,6 +75,15 @@ class Gate:
     @property
     def is_lower_bound(self) -> bool:
         return COMPARISONS[self.comparison][0] == "min"
+
+    @property
+    def named_regression(self) -> float | None:
+        """The drop a delta gate names: ``mde``, else the distance of a negative ``min`` from 0."""
+        if self.mde is not None:
+            return self.mde
+        if self.metric.endswith(DELTA_SUFFIX) and self.is_lower_bound and self.bound < 0:
+            return -self.bound
+        return None
 
     def holds(self, value: float) -> bool:
         if self.comparison == "gte":
@@ -88,6 +100,7 @@ class ThresholdFile:
     path: str
     gates: tuple[Gate, ...]
     description: str = ""
+    profile: str = ""
 
 
 @dataclass
@@ -103,7 +116,19 @@ class GateVerdict:
     baseline_value: float | None = None
     delta_vs_baseline: float | None = None
     confidence: float | None = None
-    judged_value: float | None = None  # the bootstrap bound when confidence is set
+    judged_value: float | None = None  # the number compared with the bound (CI bound when `on` says so)
+    on: str = "value"
+    n: int | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    method: str = ""
+    p_value: float | None = None
+    delta_ci_low: float | None = None
+    delta_ci_high: float | None = None
+    delta_n: int | None = None
+    delta_method: str = ""
+    status: str = "fail"  # pass | fail | not judged | baseline established
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +148,16 @@ class Verdict:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: a second `min:` silently winning is a bug."""
+    """SafeLoader that refuses duplicate keys (a second `min:` silently winning is a bug) and
+    aliases: a threshold file is a short list of gates, and an `*alias` only hides a copied
+    gate or, nested, a "billion laughs" bomb that expands when the verdict is written."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} is not allowed in a threshold "
+                                              "file (write each gate out)", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -154,6 +188,8 @@ def _parse_gate(path: str, name: Any, spec: Any) -> Gate:
         raise BadInput(f"{path}: gate names must be non-empty strings, got {name!r}")
     if not isinstance(spec, dict):
         raise BadInput(f"{where}: must be a mapping with 'metric' and 'min' or 'max'")
+    # YAML 1.1 reads a bare `on:` key as the boolean True; in a gate it can only mean `on`.
+    spec = {("on" if key is True else key): value for key, value in spec.items()}
     unknown = sorted(set(map(str, spec)) - GATE_KEYS)
     if unknown:
         raise BadInput(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(GATE_KEYS))})")
@@ -167,8 +203,17 @@ def _parse_gate(path: str, name: Any, spec: Any) -> Gate:
     confidence = spec.get("confidence")
     if confidence is not None and not (is_number(confidence) and 0.5 <= float(confidence) < 1.0):
         raise BadInput(f"{where}.confidence: {confidence!r} must be a number in [0.5, 1)")
+    on = spec.get("on", "value")
+    if on not in DECIDE_ON:
+        raise BadInput(f"{where}.on: {on!r} must be one of {', '.join(DECIDE_ON)}")
+    if on != "value" and confidence is not None:
+        raise BadInput(f"{where}: 'on: {on}' (the 95 % interval) and 'confidence' do not go together")
+    mde = spec.get("mde")
+    if mde is not None and not (is_number(mde) and 0 < float(mde) < 1):
+        raise BadInput(f"{where}.mde: {mde!r} must be a number in (0, 1): the regression the gate must detect")
     return Gate(name=name, metric=metric.strip(), bound=bound, comparison=comparison,
-                description=description, confidence=float(confidence) if confidence is not None else None)
+                description=description, confidence=float(confidence) if confidence is not None else None,
+                on=on, mde=float(mde) if mde is not None else None)
 
 
 def _parse_bound(where: str, spec: dict[str, Any]) -> tuple[str, float, str]:
@@ -209,7 +254,10 @@ def parse_threshold_text(text: str, path: str = "<thresholds>") -> ThresholdFile
     file_description = doc.get("description", "")
     if not isinstance(file_description, str):
         raise BadInput(f"{path}: description: must be a string")
-    return ThresholdFile(path=path, gates=tuple(gates), description=file_description)
+    profile = doc.get("profile", "")
+    if not isinstance(profile, str):
+        raise BadInput(f"{path}: profile: must be a string")
+    return ThresholdFile(path=path, gates=tuple(gates), description=file_description, profile=profile)
 
 
 def load_threshold_file(path: str | Path, flag: str = "--threshold-file") -> ThresholdFile:
@@ -308,6 +356,10 @@ def bootstrap_bound(
 
 # -- judging ----------------------------------------------------------------------
 
+NOT_JUDGED = "not judged"
+BASELINE_ESTABLISHED = "baseline established"
+PLAN_ALPHA, PLAN_POWER = 0.05, 0.95  # the sample-size check: a drop of `mde` found 95 % of the time at 5 %
+
 
 def _describe(value: Any) -> str:
     if value is None:
@@ -321,66 +373,247 @@ def _describe(value: Any) -> str:
     return f"not a number ({type(value).__name__})"
 
 
+def per_item(results: dict[str, Any] | None, metric: str) -> dict[str, float]:
+    """{item id: score} for `metric` (errored samples skipped): what paired comparisons read."""
+    out: dict[str, float] = {}
+    for sample in (results or {}).get("samples") or []:
+        if not isinstance(sample, dict) or sample.get("error") or sample.get("id") is None:
+            continue
+        scores = sample.get("scores")
+        if isinstance(scores, dict) and is_number(scores.get(metric)):
+            out[str(sample["id"])] = float(scores[metric])
+    return out
+
+
+def not_judged_reason(results: dict[str, Any] | None, metric: str) -> str | None:
+    """Why a results file says `metric` was not judged (results' ``not_judged`` section), or None."""
+    section = (results or {}).get("not_judged") or {}
+    if not isinstance(section, dict):
+        return None
+    reason = section.get(metric)
+    if reason is None:
+        base = metric[: -len(DELTA_SUFFIX)] if metric.endswith(DELTA_SUFFIX) else None
+        reason = section.get(base) if base else None
+    return str(reason) if reason is not None else None
+
+
+def _pairing_problem(results: dict[str, Any] | None, baseline: dict[str, Any]) -> str | None:
+    """Why the champion's answers are not the same items as the candidate's, or None."""
+    bmeta, cmeta = baseline.get("meta") or {}, (results or {}).get("meta") or {}
+    stale = bmeta.get("pairing_stale")
+    if stale:
+        return f"the champion's recorded answers cannot be reused ({stale})"
+    cds, bds = cmeta.get("dataset_sha256"), bmeta.get("dataset_sha256")
+    if cds and bds and cds != bds:
+        return (f"the champion answered dataset {str(bds)[:12]}, the candidate {str(cds)[:12]}: not the same items; "
+                f"re-evaluate the champion on this dataset")
+    return None
+
+
+def _paired_evidence(gate: Gate, metrics: dict[str, Any], results: dict[str, Any] | None,
+                     baseline: dict[str, Any] | None) -> tuple[paired.PairedResult | None, str | None]:
+    """The paired difference behind a delta gate; (None, None) when neither side has per-item data."""
+    base_name = delta_base_metric(gate.metric, metrics) if gate.metric.endswith(DELTA_SUFFIX) else gate.metric
+    cand = per_item(results, base_name)
+    champ = per_item(baseline, base_name)
+    if not cand and not champ:
+        return None, None
+    if not champ and not is_number(((baseline or {}).get("metrics") or {}).get(base_name)):
+        return None, None  # no baseline measurement at all: the missing-metric path says why
+    if not cand or not champ:
+        side = "candidate" if not cand else "champion"
+        return None, f"the {side}'s results have no per-item {base_name}: the two cannot be paired; fails closed"
+    problem = _pairing_problem(results, baseline)
+    if problem:
+        return None, f"{problem}: fails closed"
+    ids, a, b = paired.pair_by_id(cand, champ)
+    if not ids:
+        return None, f"no item was answered by both the candidate and the champion ({base_name}): fails closed"
+    return paired.compare(a, b), None
+
+
+def _interval(metric: str, metrics: dict[str, Any], results: dict[str, Any] | None
+              ) -> tuple[int | None, float | None, float | None, str]:
+    """(n, CI low, CI high, method) of an absolute metric, from the results or its per-item values."""
+    from evals.suites import stats
+
+    values = per_sample_values(results, metric)
+    binary = paired.is_binary(values)
+    lo, hi, n = metrics.get(f"{metric}_ci_low"), metrics.get(f"{metric}_ci_high"), metrics.get(f"{metric}_n")
+    if is_number(lo) and is_number(hi):
+        count = int(n) if is_number(n) else (len(values) or None)
+        return count, float(lo), float(hi), "Wilson 95 %" if binary or not values else "Student-t 95 %"
+    if values:
+        lo, hi = stats.wilson_interval(sum(values), len(values)) if binary else stats.t_interval(values)
+        return len(values), lo, hi, "Wilson 95 %" if binary else "Student-t 95 %"
+    total = next((metrics[k] for k in ("samples_total", "requests_total", "requests") if is_number(metrics.get(k))),
+                 None)
+    value = metrics.get(metric)
+    if total and metric.endswith("_rate") and is_number(value) and 0 <= float(value) <= 1:
+        lo, hi = stats.wilson_interval(float(value) * float(total), int(total))
+        return int(total), lo, hi, "Wilson 95 % (from the rate and the request count)"
+    return (int(total) if total else None), None, None, "point value (no per-item data)"
+
+
+def _sample_size_note(gate: Gate, evidence: paired.PairedResult) -> str | None:
+    """Say when the paired items are too few to detect the regression the gate names."""
+    drop = gate.named_regression
+    if drop is None:
+        return None
+    if evidence.discordant is not None:
+        sd = paired.binary_difference_sd(drop, evidence.discordant / evidence.n)
+    else:
+        sd = evidence.sd or 0.0
+    if sd <= 0:
+        return None
+    needed = paired.paired_n(drop, sd, alpha=PLAN_ALPHA, power=PLAN_POWER)
+    if evidence.n >= needed:
+        return None
+    return (f"dataset too small: {evidence.n} paired items; detecting a drop of {drop:g} with power "
+            f"{PLAN_POWER:g} at alpha {PLAN_ALPHA:g} needs {needed} (python -m evals.plan)")
+
+
+def _fill_comparison(verdict: GateVerdict, gate: Gate, metrics: dict[str, Any], results: dict[str, Any] | None,
+                     baseline: dict[str, Any] | None) -> None:
+    """Δ vs the champion (with its paired interval where both sides have per-item data) for display."""
+    base_metrics = (baseline or {}).get("metrics") or {}
+    if gate.metric.endswith(RATIO_SUFFIX):
+        source = gate.metric[: -len(RATIO_SUFFIX)]
+        if is_number(base_metrics.get(source)):
+            verdict.baseline_value = float(base_metrics[source])
+        return
+    if gate.metric.endswith(DELTA_SUFFIX):
+        verdict.delta_vs_baseline = metrics.get(gate.metric) if is_number(metrics.get(gate.metric)) else None
+        return
+    if is_number(base_metrics.get(gate.metric)) and is_number(metrics.get(gate.metric)):
+        verdict.baseline_value = float(base_metrics[gate.metric])
+        verdict.delta_vs_baseline = float(metrics[gate.metric]) - verdict.baseline_value
+        evidence, _ = _paired_evidence(gate, metrics, results, baseline)
+        if evidence is not None:
+            verdict.delta_vs_baseline, verdict.delta_ci_low, verdict.delta_ci_high = (
+                evidence.value, evidence.ci_low, evidence.ci_high)
+            verdict.delta_n, verdict.delta_method = evidence.n, evidence.method
+
+
+def _establishes(gate: Gate, metrics: dict[str, Any], baseline: dict[str, Any] | None) -> bool:
+    """A comparison gate with nothing to compare against, on a run that is allowed to be the first."""
+    source = derived_from(gate.metric, metrics)
+    if source is None or source not in metrics:
+        return False
+    return not is_number(((baseline or {}).get("metrics") or {}).get(source))
+
+
+def _decide(verdict: GateVerdict, gate: Gate) -> None:
+    """Compare the number `on` names with the bound; an interval that is not there fails closed."""
+    on = gate.on if gate.confidence is None else ("ci_lower" if gate.is_lower_bound else "ci_upper")
+    pick = {"value": verdict.value, "ci_lower": verdict.ci_low, "ci_upper": verdict.ci_high}[on]
+    if pick is None:
+        verdict.reason = f"gate decides on {on} but {gate.metric} has no 95 % interval ({verdict.method}): fails closed"
+        return
+    verdict.judged_value = float(pick)
+    verdict.passed = gate.holds(verdict.judged_value)
+    verdict.status = "pass" if verdict.passed else "fail"
+    shown = f"{pick:.4g}" if on == "value" else f"{on.replace('_', ' ')} {pick:.4g} (value {verdict.value:.4g})"
+    verdict.reason = f"{gate.metric} {shown} {gate.symbol} {gate.bound:g}" + ("" if verdict.passed else " is false")
+
+
+def _legacy_confidence(verdict: GateVerdict, gate: Gate, metrics: dict[str, Any], results: dict[str, Any] | None,
+                       baseline: dict[str, Any] | None) -> None:
+    """`confidence:` gates: a one-sided bootstrap bound of the mean (absolute metrics)."""
+    assert gate.confidence is not None and verdict.value is not None
+    cand = per_sample_values(results, gate.metric)
+    if not cand:
+        verdict.reason = f"confidence {gate.confidence} needs per-sample {gate.metric} scores: fails closed"
+        return
+    judged = bootstrap_bound(cand, gate.confidence, gate.is_lower_bound)
+    verdict.judged_value = judged
+    verdict.passed = gate.holds(judged)
+    verdict.status = "pass" if verdict.passed else "fail"
+    side = "lower" if gate.is_lower_bound else "upper"
+    verdict.reason = (f"{gate.metric} {judged:.4g} ({side} {gate.confidence:.0%} bound of {verdict.value:.4g}) "
+                      f"{gate.symbol} {gate.bound:g}" + ("" if verdict.passed else " is false"))
+
+
 def judge_gate(
     gate: Gate,
     metrics: dict[str, Any],
     results: dict[str, Any] | None = None,
     baseline: dict[str, Any] | None = None,
+    *,
+    establish_baseline: bool = False,
 ) -> GateVerdict:
+    """One gate: the value it rests on, with n, 95 % interval and method; fail closed on anything missing.
+
+    A `*_delta_vs_baseline` gate rests on the paired per-item difference of candidate and
+    champion when both have per-item scores (McNemar exact / paired bootstrap).
+    """
     verdict = GateVerdict(name=gate.name, metric=gate.metric, value=None, bound=gate.bound,
                           comparison=gate.comparison, passed=False, reason="", description=gate.description,
-                          confidence=gate.confidence)
-    base_metrics = (baseline or {}).get("metrics") or {}
+                          confidence=gate.confidence, on=gate.on)
+    _fill_comparison(verdict, gate, metrics, results, baseline)
+    skipped = not_judged_reason(results, gate.metric)
+    if skipped is not None and not is_number(metrics.get(gate.metric)):
+        verdict.status, verdict.method = NOT_JUDGED, NOT_JUDGED
+        verdict.reason = f"{gate.metric} {NOT_JUDGED} ({skipped}): fails closed"
+        return verdict
     if gate.metric.endswith(DELTA_SUFFIX):
-        verdict.delta_vs_baseline = metrics.get(gate.metric) if is_number(metrics.get(gate.metric)) else None
-    elif gate.metric.endswith(RATIO_SUFFIX):
-        source = gate.metric[: -len(RATIO_SUFFIX)]
-        if is_number(base_metrics.get(source)):
-            verdict.baseline_value = float(base_metrics[source])
-    elif gate.metric in base_metrics and is_number(base_metrics[gate.metric]) and is_number(metrics.get(gate.metric)):
-        verdict.baseline_value = float(base_metrics[gate.metric])
-        verdict.delta_vs_baseline = float(metrics[gate.metric]) - verdict.baseline_value
+        evidence, problem = _paired_evidence(gate, metrics, results, baseline)
+        if problem:
+            verdict.reason, verdict.method = problem, "paired (not possible)"
+            return verdict
+        if evidence is not None:
+            verdict.value, verdict.n, verdict.ci_low, verdict.ci_high = (evidence.value, evidence.n,
+                                                                         evidence.ci_low, evidence.ci_high)
+            verdict.method, verdict.p_value = evidence.method, evidence.p_value
+            verdict.delta_vs_baseline, verdict.delta_ci_low, verdict.delta_ci_high = (
+                evidence.value, evidence.ci_low, evidence.ci_high)
+            verdict.delta_n, verdict.delta_method = evidence.n, evidence.method
+            note = _sample_size_note(gate, evidence)
+            verdict.notes += [note] if note else []
+            _decide(verdict, gate)
+            return verdict
     if gate.metric not in metrics:
+        if establish_baseline and _establishes(gate, metrics, baseline):
+            verdict.passed, verdict.status, verdict.method = True, BASELINE_ESTABLISHED, BASELINE_ESTABLISHED
+            verdict.reason = (f"no earlier measurement of {derived_from(gate.metric, metrics)}: this run "
+                              f"establishes the baseline")
+            return verdict
         verdict.reason = _missing_reason(gate.metric, metrics, baseline)
         return verdict
     raw = metrics[gate.metric]
     if not is_number(raw):
         verdict.reason = f"metric {gate.metric} is {_describe(raw)}: fails closed"
         return verdict
-    value = float(raw)
-    verdict.value = value
-    judged = value
+    verdict.value = float(raw)
+    if gate.metric.endswith(DERIVED_SUFFIXES):
+        verdict.method = "difference of point values (no per-item data)" if gate.metric.endswith(DELTA_SUFFIX) \
+            else "ratio of point values, same machine"
+        verdict.n = None
+    else:
+        verdict.n, verdict.ci_low, verdict.ci_high, verdict.method = _interval(gate.metric, metrics, results)
     if gate.confidence is not None:
-        if gate.metric.endswith(DELTA_SUFFIX):
-            base_name = delta_base_metric(gate.metric, metrics)
-            cand, base = per_sample_values(results, base_name), per_sample_values(baseline, base_name)
-            if not cand or not base:
-                verdict.reason = (f"confidence {gate.confidence} needs per-sample {base_name} scores in results "
-                                  f"and baseline: fails closed")
-                return verdict
-            judged = bootstrap_bound(cand, gate.confidence, gate.is_lower_bound, base)
-        else:
-            cand = per_sample_values(results, gate.metric)
-            if not cand:
-                verdict.reason = f"confidence {gate.confidence} needs per-sample {gate.metric} scores: fails closed"
-                return verdict
-            judged = bootstrap_bound(cand, gate.confidence, gate.is_lower_bound)
-        verdict.judged_value = judged
-    verdict.passed = gate.holds(judged)
-    shown = f"{judged:.4g}" + (f" ({'lower' if gate.is_lower_bound else 'upper'} {gate.confidence:.0%} bound "
-                               f"of {value:.4g})" if gate.confidence is not None else "")
-    verdict.reason = f"{gate.metric} {shown} {gate.symbol} {gate.bound:g}" + ("" if verdict.passed else " is false")
+        _legacy_confidence(verdict, gate, metrics, results, baseline)
+    else:
+        _decide(verdict, gate)
     return verdict
 
 
 def evaluate(
-    thresholds: ThresholdFile, results: dict[str, Any], baseline: dict[str, Any] | None = None
+    thresholds: ThresholdFile, results: dict[str, Any], baseline: dict[str, Any] | None = None,
+    *, establish_baseline: bool = False,
 ) -> Verdict:
-    """Judge every gate. Derived deltas from an explicit baseline replace carried ones."""
+    """Judge every gate. Derived deltas from an explicit baseline replace carried ones.
+
+    ``establish_baseline``: comparison gates with no earlier measurement pass as "baseline
+    established" (a champion's first nightly, a fresh install's first evaluate); a
+    baseline file can also say so itself (``meta.establishes_baseline``, written only by
+    ``fetch_baseline`` for the champion's own nightly).
+    """
     metrics = dict(results.get("metrics") or {})
     if baseline is not None:
         metrics.update(derive_deltas(metrics, baseline.get("metrics") or {}))
-    gates = [judge_gate(g, metrics, results, baseline) for g in thresholds.gates]
+    establish = establish_baseline or bool(((baseline or {}).get("meta") or {}).get("establishes_baseline"))
+    gates = [judge_gate(g, metrics, results, baseline, establish_baseline=establish) for g in thresholds.gates]
     return Verdict(passed=all(g.passed for g in gates), gates=gates)
 
 
@@ -388,23 +621,43 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
+def _ci(lo: float | None, hi: float | None) -> str:
+    return "—" if lo is None or hi is None else f"[{lo:.3g}, {hi:.3g}]"
+
+
+def _result_cell(g: GateVerdict) -> str:
+    if g.status == BASELINE_ESTABLISHED:
+        return BASELINE_ESTABLISHED
+    if g.status == NOT_JUDGED:
+        return f"**FAIL** ({NOT_JUDGED})"
+    return "pass" if g.passed else "**FAIL**"  # plain text: approval pages may lack emoji fonts
+
+
 def markdown_report(verdict: Verdict, title: str, links: dict[str, str] | None = None) -> str:
-    """A table fit for an approval page: each gate, value, bound, delta vs baseline, result."""
+    """A table fit for an approval page: each gate's n, value, 95 % interval, bound, what decides,
+    the paired delta vs the champion with its interval, the method and the result."""
     status = "PASSED" if verdict.passed else f"FAILED ({len(verdict.failed)} of {len(verdict.gates)} gates)"
     lines = [f"### {title}: {status}", "",
-             "| Gate | Metric | Value | Bound | Δ vs baseline | Result |",
-             "|---|---|---|---|---|---|"]
+             "| Gate | Metric | n | Value | 95% CI | Bound | Decides on | Δ vs champion (95% CI) | Method | Result |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for g in verdict.gates:
         symbol = COMPARISONS[g.comparison][1]
-        value = _fmt(g.value)
-        if g.judged_value is not None:
-            value += f" (CI bound {_fmt(g.judged_value)})"
         delta = "—" if g.delta_vs_baseline is None else f"{g.delta_vs_baseline:+.4g}"
-        result = "pass" if g.passed else "**FAIL**"  # plain text: approval pages may lack emoji fonts
-        lines.append(f"| {g.name} | `{g.metric}` | {value} | {symbol} {g.bound:g} | {delta} | {result} |")
+        if g.delta_ci_low is not None and g.delta_ci_high is not None and not g.metric.endswith(DELTA_SUFFIX):
+            delta += f" {_ci(g.delta_ci_low, g.delta_ci_high)}"
+        on = g.on if g.confidence is None else f"{g.confidence:.0%} bootstrap bound"
+        lines.append(f"| {g.name} | `{g.metric}` | {g.n if g.n is not None else '—'} | {_fmt(g.value)} | "
+                     f"{_ci(g.ci_low, g.ci_high)} | {symbol} {g.bound:g} | {on} | {delta} | {g.method or '—'} | "
+                     f"{_result_cell(g)} |")
     failed = verdict.failed
     if failed:
         lines += ["", "Failed gates:"] + [f"- **{g.name}**: {g.reason}" for g in failed]
+    established = [g for g in verdict.gates if g.status == BASELINE_ESTABLISHED]
+    if established:
+        lines += ["", "Baseline established:"] + [f"- **{g.name}**: {g.reason}" for g in established]
+    notes = [(g.name, n) for g in verdict.gates for n in g.notes]
+    if notes:
+        lines += ["", "Notes:"] + [f"- **{name}**: {note}" for name, note in notes]
     for label, url in (links or {}).items():
         lines.append(f"- [{label}]({url})")
     return "\n".join(lines) + "\n"

@@ -42,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", required=True, choices=EVAL_SUITES)
     p.add_argument("--output", required=True, help="results JSON to write")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (default: $TOLLGATE_ENDPOINT or $OPENAI_BASE_URL)")
-    p.add_argument("--judge-endpoint", help="judge's base URL (default: the model's endpoint)")
-    p.add_argument("--judge-model", help="judge's served model name (default: the model under test)")
+    p.add_argument("--judge-endpoint", help="an independent judge's base URL (default: $TOLLGATE_JUDGE_ENDPOINT; "
+                   "none: judge metrics are recorded as not judged)")
+    p.add_argument("--judge-model", help="the judge's served model name (default: $TOLLGATE_JUDGE_MODEL); never "
+                   "the model under test")
     p.add_argument("--judge-output", default="json_schema", choices=("json_schema", "json"),
                    help="how the judge's answer is constrained (default: json_schema, guided decoding)")
     p.add_argument("--embeddings-endpoint", help="embeddings base URL for answer relevancy (default: offline hashing)")
@@ -65,6 +67,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hallucination-cutoff", type=float, default=0.5,
                    help="groundedness below this counts as a hallucination (default 0.5)")
     return p
+
+
+NO_JUDGE = ("no independent judge configured (TOLLGATE_JUDGE_ENDPOINT and TOLLGATE_JUDGE_MODEL, or "
+            "--judge-endpoint/--judge-model); the candidate never judges itself")
+NOT_JUDGED_METRICS = JUDGE_METRICS + ("judge_error_rate",)
+
+
+def _same_endpoint(a: str, b: str) -> bool:
+    """Two base URLs that reach the same server (localhost and 127.0.0.1 are the same host)."""
+    import urllib.parse
+
+    pa, pb = urllib.parse.urlsplit(a.rstrip("/")), urllib.parse.urlsplit(b.rstrip("/"))
+    loop = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}  # noqa: S104 - compared, never bound
+    host_a, host_b = (pa.hostname or ""), (pb.hostname or "")
+    same_host = host_a == host_b or (host_a in loop and host_b in loop)
+    port_a = pa.port or (443 if pa.scheme == "https" else 80)
+    port_b = pb.port or (443 if pb.scheme == "https" else 80)
+    return same_host and port_a == port_b and pa.path.rstrip("/") == pb.path.rstrip("/")
+
+
+def resolve_judge(flag_endpoint: str | None, flag_model: str | None, endpoint: str,
+                  model: str) -> tuple[str, str] | None:
+    """(endpoint, model) of an independent judge, None when none is configured.
+
+    A judge that is the candidate (the endpoint under test, or the same model name and
+    version) is refused: a model grading its own answers measures nothing.
+    """
+    env = settings.current()
+    raw_endpoint = flag_endpoint or env.judge_endpoint
+    judge_model = flag_model or env.judge_model
+    if not raw_endpoint and not judge_model:
+        return None
+    if not raw_endpoint or not judge_model:
+        raise BadInput("a judge needs both an endpoint and a model (--judge-endpoint/--judge-model or "
+                       "TOLLGATE_JUDGE_ENDPOINT/TOLLGATE_JUDGE_MODEL)")
+    judge_endpoint = resolve_endpoint(raw_endpoint, "--judge-endpoint")
+    if _same_endpoint(judge_endpoint, endpoint):
+        raise BadInput(f"--judge-endpoint {judge_endpoint} is the endpoint under test: the candidate cannot judge "
+                       f"itself; configure an independent judge")
+    if judge_model == model:
+        raise BadInput(f"--judge-model {judge_model!r} is the model under test: the candidate cannot judge itself; "
+                       f"configure an independent judge")
+    return judge_endpoint, judge_model
+
+
+def answers_key(dataset_sha256: str, prompts_sha256: str, seed: int, item_ids: list[str]) -> str:
+    """What the answers depend on besides the weights: dataset, prompt set (with its params), seed, items.
+
+    A champion's recorded answers are reused for a paired comparison only under the same key.
+    """
+    import hashlib
+    import json
+
+    doc = {"dataset": dataset_sha256, "prompts": prompts_sha256, "seed": seed, "items": item_ids}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -96,10 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = utc_now()
     endpoint = resolve_endpoint(args.endpoint)
     check_model_served(endpoint, args.model)
-    judge_endpoint = resolve_endpoint(args.judge_endpoint, "--judge-endpoint") if args.judge_endpoint else endpoint
-    judge_model = args.judge_model or args.model
-    if args.suite == "quality" and (judge_endpoint != endpoint or judge_model != args.model):
-        check_model_served(judge_endpoint, judge_model, "--judge-model", "--judge-endpoint")
+    judge_ref = resolve_judge(args.judge_endpoint, args.judge_model, endpoint, args.model) \
+        if args.suite == "quality" else None
+    if judge_ref is not None:
+        check_model_served(judge_ref[0], judge_ref[1], "--judge-model", "--judge-endpoint")
 
     dataset = load_dataset(args.dataset or default_dataset(args.suite), args.suite)
     prompts = load_prompts(args.prompts or default_prompts(args.suite))
@@ -132,18 +189,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.suite == "quality":
         from evals.suites.judge import JudgeConfig
 
-        judge_cfg = JudgeConfig(endpoint=judge_endpoint, model=judge_model, output=args.judge_output, seed=args.seed,
-                                timeout_s=max(args.timeout, 120.0), max_retries=args.max_retries,
-                                embeddings_endpoint=args.embeddings_endpoint, embeddings_model=args.embeddings_model)
+        judge_cfg = None if judge_ref is None else JudgeConfig(
+            endpoint=judge_ref[0], model=judge_ref[1], output=args.judge_output, seed=args.seed,
+            timeout_s=max(args.timeout, 120.0), max_retries=args.max_retries,
+            embeddings_endpoint=args.embeddings_endpoint, embeddings_model=args.embeddings_model)
         metrics, samples, failures, judge_meta = asyncio.run(_run_quality(cfg, prompts, items, judge_cfg, baseline))
         extra_meta["judge"] = judge_meta
+        extra_meta["answers_key"] = answers_key(dataset.sha256, prompts.sha256, cfg.seed, [i["id"] for i in items])
     else:
         assert policy is not None
         metrics, samples, failures = asyncio.run(_run_safety(cfg, prompts, policy, items))
 
     extra_meta["failures"] = failures
     meta = build_meta(model=name, version=version, suite=args.suite, started=started, **extra_meta)
-    out = write_results(args.output, metrics=metrics, meta=meta, samples=samples)
+    skipped = {m: NO_JUDGE for m in NOT_JUDGED_METRICS} if args.suite == "quality" and judge_ref is None else None
+    out = write_results(args.output, metrics=metrics, meta=meta, samples=samples,
+                        **({"not_judged": skipped} if skipped else {}))
     summary = ", ".join(f"{k}={_fmt(metrics.get(k))}" for k in _headline(args.suite))
     log.info("wrote %s: %s", out, summary)
     print(f"{args.suite}: {summary} -> {out}")
@@ -184,27 +245,26 @@ def _target_failure(cfg: runner.RunConfig, gen: runner.Generation) -> str | None
 async def _run_quality(cfg: runner.RunConfig, prompts: Any, items: list[dict[str, Any]], judge_cfg: Any,
                        baseline: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]], list[str], dict]:
     from evals.suites import quality
-    from evals.suites.judge import Judge, ragas_version
 
     client = make_client(cfg.endpoint, cfg.timeout_s, cfg.max_retries)
     gen = await runner.generate_all(client, cfg, prompts, items, "task")
     samples = quality.build_samples(items, gen)
     failures: list[str] = []
     target_failure = _target_failure(cfg, gen)
-    judge = Judge(judge_cfg)
-    judge_meta = {**judge_cfg.describe(), "prompts": judge.prompts(), "ragas_version": ragas_version(),
-                  "metrics": {"groundedness_score": "ragas ResponseGroundedness",
-                              "answer_relevancy": "ragas AnswerRelevancy"}}
     if target_failure:
         failures.append(target_failure)
     else:
-        sem = asyncio.Semaphore(cfg.concurrency)
-        await asyncio.gather(*(quality.judge_sample(judge, item, s, cfg.repeats, cfg.hallucination_cutoff, sem)
-                               for item, s in zip(items, samples, strict=True) if not s.get("error")))
+        quality.score_embeddings(items, samples)
+    judge_meta: dict[str, Any] = {"judged": False, "reason": NO_JUDGE}
+    if judge_cfg is not None:
+        judge_meta = await _judge_all(cfg, judge_cfg, items, samples, judge=not target_failure)
     metrics: dict[str, Any] = quality.aggregate(samples)
     metrics.update(_error_metrics(gen))
     share, failed, attempted = quality.judge_error_share(samples)
-    metrics.update({"judge_error_rate": share, "judge_errors": float(failed), "judgements": float(attempted)})
+    if judge_cfg is not None:
+        metrics.update({"judge_error_rate": share, "judge_errors": float(failed), "judgements": float(attempted)})
+    else:
+        metrics.update({k: None for k in NOT_JUDGED_METRICS})
     metrics.update(runner.usage_and_cost(gen, cfg.gpu_hour_price))
     if baseline is not None:
         metrics["quality_delta_vs_baseline"] = quality.delta_vs_baseline(samples, baseline)
@@ -219,6 +279,23 @@ async def _run_quality(cfg: runner.RunConfig, prompts: Any, items: list[dict[str
         metrics = {k: (v if k in ("samples_total", "samples_errored", "error_rate", "timeout_rate") else None)
                    for k, v in metrics.items()}
     return metrics, samples, failures, judge_meta
+
+
+async def _judge_all(cfg: runner.RunConfig, judge_cfg: Any, items: list[dict[str, Any]],
+                     samples: list[dict[str, Any]], *, judge: bool) -> dict[str, Any]:
+    """Score every answered sample with the independent judge; the judge's description for meta."""
+    from evals.suites import quality
+    from evals.suites.judge import Judge, ragas_version
+
+    scorer = Judge(judge_cfg)
+    meta = {"judged": True, **judge_cfg.describe(), "prompts": scorer.prompts(), "ragas_version": ragas_version(),
+            "metrics": {"groundedness_score": "ragas ResponseGroundedness",
+                        "answer_relevancy": "ragas AnswerRelevancy"}}
+    if judge:
+        sem = asyncio.Semaphore(cfg.concurrency)
+        await asyncio.gather(*(quality.judge_sample(scorer, item, s, cfg.repeats, cfg.hallucination_cutoff, sem)
+                               for item, s in zip(items, samples, strict=True) if not s.get("error")))
+    return meta
 
 
 async def _run_safety(cfg: runner.RunConfig, prompts: Any, policy: Any,

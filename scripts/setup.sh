@@ -100,5 +100,14 @@ if [ "${1:-}" = "--with-browser" ]; then
   apt_install chromium "${TOLLGATE_CHROMIUM:-/usr/bin/chromium}"
   apt_install nginx "${TOLLGATE_NGINX:-/usr/sbin/nginx}"
   apt_install postgresql "${TOLLGATE_POSTGRES_BIN:-/usr/lib/postgresql/15/bin}/postgres"
+  # checkov (the IaC scan of infra/ in tests/faults/test_security.py) pins libraries Airflow
+  # also pins, so it gets a venv of its own: $TOLLGATE_HOME/tools-checkov.
+  if [ ! -x "$TOLLGATE_HOME/tools-checkov/bin/checkov" ]; then
+    log "checkov into $TOLLGATE_HOME/tools-checkov"
+    start=$SECONDS
+    "$UV" venv -q -p "$PY" "$TOLLGATE_HOME/tools-checkov"
+    "$UV" pip install -q -p "$TOLLGATE_HOME/tools-checkov/bin/python" "${FIND_LINKS[@]}" checkov==3.3.30
+    log "checkov ready in $((SECONDS - start)) s"
+  fi
 fi
 log "ok (.venv, .venv-serve, $MODEL_DIR)"

@@ -5,6 +5,8 @@
     mlflow.py     MLflow tracking + registry
     airflow.py    Airflow 3 (api-server, scheduler, dag-processor, triggerer)
     seaweedfs.py  SeaweedFS, the S3 server (``python -m evals.launcher.seaweedfs``)
+    prometheus.py Prometheus (Debian's), file_sd targets, infra/monitoring/rules loaded
+    targets.py    register_target / unregister_target: the file_sd JSON per scraped server
 
 ``python -m evals.launcher stop-all`` stops every server recorded under .tollgate/run.
 """
@@ -26,6 +28,8 @@ from evals.launcher.process import (
     stop_all_recorded,
     stop_process_group,
 )
+from evals.launcher.prometheus import prometheus_spec
+from evals.launcher.targets import register_target, unregister_name, unregister_target
 from evals.launcher.vllm import vllm_spec
 
 __all__ = [
@@ -39,8 +43,12 @@ __all__ = [
     "mlflow_spec",
     "port_is_free",
     "port_is_listening",
+    "prometheus_spec",
+    "register_target",
     "run_dir",
     "stop_all_recorded",
     "stop_process_group",
+    "unregister_name",
+    "unregister_target",
     "vllm_spec",
 ]

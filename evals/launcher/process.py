@@ -30,6 +30,7 @@ from pathlib import Path
 
 from evals import settings
 from evals.errors import BadInput, CheckFailed, PortInUse
+from evals.launcher import targets
 
 log = logging.getLogger("tollgate.servers")
 
@@ -48,6 +49,9 @@ class ServerSpec:
     extra_ports: tuple[tuple[int, str | None], ...] = ()
     ready_timeout_s: float = 300.0
     cwd: str | None = None
+    # Prometheus job (evals.launcher.targets.JOBS) this server is scraped under while it runs.
+    scrape_job: str | None = None
+    scrape_labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -125,6 +129,9 @@ class ManagedServer:
         finally:
             logf.close()
         self.pid_path.write_text(f"{self.proc.pid}\n")
+        if self.spec.scrape_job:
+            targets.register_target(self.spec.scrape_job, self.pid_path.stem, f"{self.spec.host}:{self.spec.port}",
+                                    {"server": self.spec.name, **self.spec.scrape_labels})
         return self
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
@@ -161,6 +168,8 @@ class ManagedServer:
         """SIGTERM the process group, then SIGKILL what is left after the timeout."""
         if self.proc is None:
             return
+        if self.spec.scrape_job:
+            targets.unregister_target(self.spec.scrape_job, self.pid_path.stem)
         stop_process_group(self.proc.pid, timeout_s=timeout_s, name=self.spec.name)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=1)
@@ -230,6 +239,7 @@ def stop_all_recorded() -> int:
         if _group_alive(pgid):
             stop_process_group(pgid, name=pid_file.stem)
             stopped += 1
+        targets.unregister_name(pid_file.stem)
         pid_file.unlink(missing_ok=True)
     return stopped
 

@@ -47,4 +47,6 @@ def vllm_spec(
         "PYTHONUNBUFFERED": "1",
     }
     return ServerSpec(name=name, argv=argv, port=port, port_env=settings.var_name(settings.Settings, "vllm_port"),
-                      env=env, ready_timeout_s=env_settings.vllm_ready_timeout_s)
+                      env=env, ready_timeout_s=env_settings.vllm_ready_timeout_s,
+                      # every vLLM the project starts is scraped by the embedded Prometheus while it runs
+                      scrape_job="vllm", scrape_labels={"served_model": served_name})

@@ -7,7 +7,13 @@ Per-sample scores are keyed by the metric they feed (a gate reads
 - groundedness_score: ragas ResponseGroundedness, 0..1, mean over --repeats (items with contexts).
 - hallucination_rate: 1 when groundedness_score < the cutoff (default 0.5), else 0.
 - answer_relevancy: ragas AnswerRelevancy, 0..1 (items that ask a question).
-- token_f1, char_similarity, reference_recall: judge-free text metrics vs the reference.
+- token_f1, char_similarity, reference_recall: judge-free text metrics vs the reference;
+  exact_match_rate: 1/0 normalized exact match with the reference, whatever the item's scorer.
+- embedding_groundedness: judge-free groundedness, the cosine similarity (all-MiniLM-L6-v2,
+  evals.embeddings) of the answer to its closest retrieved context (items with contexts);
+  reference_similarity: the same similarity of the answer to the reference (every item).
+- Judge metrics (groundedness_score, hallucination_rate, answer_relevancy) only with an
+  independent judge; without one the results say "not judged" (results' ``not_judged``).
 - quality_score: (task_success + reference_recall) / 2, the judge-free composite that baseline
   deltas (quality_delta_vs_baseline) are computed on, so a regression is never judge noise.
 """
@@ -23,6 +29,7 @@ from evals.suites.runner import Generation, base_sample
 
 JUDGED_RELEVANCY_TASKS = ("factual", "grounded")
 TEXT_METRICS = ("token_f1", "char_similarity", "reference_recall")
+EMBEDDING_METRICS = ("embedding_groundedness", "reference_similarity")
 
 
 def score_deterministic(item: dict[str, Any], answer: str) -> dict[str, float]:
@@ -30,6 +37,7 @@ def score_deterministic(item: dict[str, Any], answer: str) -> dict[str, float]:
     f1 = scorers.token_f1(answer, item["reference"])
     return {
         "task_success_rate": success,
+        "exact_match_rate": float(scorers.exact_match(answer, item["reference"])),
         "token_f1": f1,
         "char_similarity": scorers.char_similarity(answer, item["reference"]),
         "reference_recall": scorers.reference_recall(answer, item["reference"]),
@@ -70,6 +78,32 @@ async def judge_sample(judge: Judge, item: dict[str, Any], sample: dict[str, Any
     sample["judge_error_reasons"] = errors
 
 
+def score_embeddings(items: list[dict[str, Any]], samples: list[dict[str, Any]]) -> None:
+    """Add embedding_groundedness and reference_similarity to every answered sample, in place.
+
+    One batch of embeddings for all answers, contexts and references (bounded batches
+    inside evals.embeddings); similarities are clipped to 0..1 (a negative cosine is
+    "unrelated", not "less than unrelated").
+    """
+    from evals import embeddings
+
+    answered = [(item, s) for item, s in zip(items, samples, strict=True) if not s.get("error")]
+    if not answered:
+        return
+    answers = embeddings.embed([s["answer"] for _, s in answered])
+    refs = embeddings.embed([str(item["reference"]) for item, _ in answered])
+    contexts = [list(item.get("contexts") or []) for item, _ in answered]
+    flat = [c for group in contexts for c in group]
+    ctx = embeddings.embed(flat) if flat else None
+    start = 0
+    for k, ((_, s), group) in enumerate(zip(answered, contexts, strict=True)):
+        s["scores"]["reference_similarity"] = max(0.0, float(answers[k] @ refs[k]))
+        if group and ctx is not None:
+            sims = ctx[start:start + len(group)] @ answers[k]
+            s["scores"]["embedding_groundedness"] = max(0.0, float(sims.max()))
+        start += len(group)
+
+
 def build_samples(items: list[dict[str, Any]], gen: Generation) -> list[dict[str, Any]]:
     samples = []
     for item, comp in zip(items, gen.completions, strict=True):
@@ -105,7 +139,11 @@ def aggregate(samples: list[dict[str, Any]]) -> dict[str, float | None]:
     metrics.update(stats.summarize("hallucination_rate", vals("hallucination_rate"), binary=True))
     metrics.update(stats.summarize("answer_relevancy", vals("answer_relevancy"), binary=False))
     metrics.update(stats.summarize("quality_score", vals("quality_score"), binary=False))
-    for key in TEXT_METRICS:
+    metrics.update(stats.summarize("exact_match_rate", vals("exact_match_rate"), binary=True))
+    metrics.update(stats.summarize("token_f1", vals("token_f1"), binary=False))
+    for key in EMBEDDING_METRICS:
+        metrics.update(stats.summarize(key, vals(key), binary=False))
+    for key in TEXT_METRICS[1:]:
         metrics[key] = stats.mean(vals(key))
     for key in ("groundedness_score", "answer_relevancy"):
         metrics[f"{key}_repeat_std_mean"] = stats.mean(vals(f"{key}_repeat_std"))

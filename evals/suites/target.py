@@ -40,8 +40,12 @@ def api_key() -> str:
 
 
 def judge_api_key() -> str:
-    """The judge's key: TOLLGATE_JUDGE_API_KEY, else the model's (the judge is often the same server)."""
-    return os.environ.get(JUDGE_API_KEY_ENV) or api_key()
+    """The judge's key: TOLLGATE_JUDGE_API_KEY (the eval pods get it from the judge's Secret).
+
+    Never the model's key: the judge is another service, and the candidate's credentials
+    must not be sent to it. "EMPTY" (what vLLM accepts) when unset.
+    """
+    return os.environ.get(JUDGE_API_KEY_ENV) or "EMPTY"
 
 
 def served_models(endpoint: str, flag: str = "--endpoint") -> list[str]:

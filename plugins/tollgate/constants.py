@@ -39,10 +39,14 @@ K8S_CONN_ID_ENV = "TOLLGATE_K8S_CONN_ID"
 K8S_IN_CLUSTER_ENV = "TOLLGATE_K8S_IN_CLUSTER"
 K8S_CONFIG_FILE_ENV = "TOLLGATE_K8S_CONFIG_FILE"
 VLLM_TEMPLATE_DIR_ENV = "TOLLGATE_K8S_TEMPLATES"  # folder with vllm-deployment.yaml / vllm-service.yaml
+RESULTS_URI_ENV = "TOLLGATE_RESULTS_URI"  # kubernetes mode: s3:// root of the run folders
+STEP_SERVICE_ACCOUNT_ENV = "TOLLGATE_K8S_STEP_SERVICE_ACCOUNT"
 
 DEFAULT_EXECUTION = ExecutionMode.LOCAL
 DEFAULT_NAMESPACE = "tollgate"
 DEFAULT_K8S_CONN_ID = "kubernetes_default"
+DEFAULT_RESULTS_URI = "s3://tollgate/results"
+STEP_SERVICE_ACCOUNT = "tollgate-step"  # infra/k8s/base/rbac.yaml: no Role, no token mounted
 
 # -- images ------------------------------------------------------------------------------
 DEFAULT_IMAGE = "ghcr.io/tollgate-llmops/tollgate-evals:0.1.0"
@@ -54,6 +58,7 @@ MODEL_MOUNT_PATH = "/models"  # weights: read-write for staging, read-only other
 RESULTS_MOUNT_PATH = "/results"  # the same claim's results/ folder, always writable
 RESULTS_SUBPATH = "results"
 VOLUME_NAME = "models"
+RESULTS_VOLUME_NAME = "results"  # kubernetes mode: /results is an emptyDir the run folder is pulled into from S3
 TMP_VOLUME_NAME = "tmp"
 TMP_MOUNT_PATH = "/tmp"
 TMP_SIZE_LIMIT = "1Gi"

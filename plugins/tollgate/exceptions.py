@@ -3,6 +3,7 @@
     evals.errors.TollgateError         every error the project raises on purpose
       tollgate.exceptions.TollgateError  the Airflow side: fails a task without retries
         RegistryError                    a registry operation that cannot be done as asked
+          AliasConflict                  the alias moved under a run (someone else promoted): refuse
         GateFailed                       evidence says no; nothing moves
         ApprovalApiError                 Airflow's REST API refused or failed
         BadSetting                       a TOLLGATE_* value that does not parse (exit 2)
@@ -16,7 +17,7 @@ from evals.errors import EXIT_BAD_INPUT
 from evals.errors import TollgateError as ProjectError
 from tollgate.constants import StepOutcome
 
-__all__ = ["ApprovalApiError", "BadSetting", "GateFailed", "RegistryError", "TollgateError"]
+__all__ = ["AliasConflict", "ApprovalApiError", "BadSetting", "GateFailed", "RegistryError", "TollgateError"]
 
 
 class TollgateError(AirflowFailException, ProjectError):
@@ -41,6 +42,14 @@ class TollgateError(AirflowFailException, ProjectError):
 
 class RegistryError(TollgateError):
     """A registry operation that cannot be done as asked (unknown version, bad alias, ...)."""
+
+
+class AliasConflict(RegistryError):
+    """The alias no longer points where the run saw it: someone else moved it. Nothing moves.
+
+    MLflow has no compare-and-set on aliases, so ``move_alias(expect_from=...)`` compares
+    right before moving; overwriting another person's promotion would be a wrong promotion.
+    """
 
 
 class GateFailed(TollgateError):

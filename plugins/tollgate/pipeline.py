@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from evals.contract import EVAL_SUITES, JUDGE_API_KEY_ENV, SUITES, RunFolder, model_ref
 from tollgate import constants as c
+from tollgate.operators.base import execution_mode
 from tollgate.operators.factory import pod_task
-from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation, SecretEnv, Toleration
+from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation, SecretEnv
 from tollgate.serving import ModelServer, serve_model, stop_model
 
 S3_SECRET_NAME = "tollgate-s3"  # noqa: S105 - a Secret name, not a secret; Kubernetes Secret with the S3 credentials (keys: access-key-id, secret-access-key)
@@ -72,6 +73,28 @@ def s3_env() -> tuple[dict[str, str], tuple[SecretEnv, ...]]:
     return env, secrets
 
 
+PRODUCTION_THRESHOLDS = "thresholds"
+
+
+def judge_env() -> dict[str, str]:
+    """The independent judge (endpoint, model) for the quality pods; its key comes from the Secret.
+
+    Unset: the pods record the judge metrics as "not judged" (the candidate never judges itself).
+    """
+    from tollgate import settings
+
+    pod = settings.evals_settings()
+    pairs = {"TOLLGATE_JUDGE_ENDPOINT": pod.judge_endpoint, "TOLLGATE_JUDGE_MODEL": pod.judge_model}
+    return {k: v for k, v in pairs.items() if v}
+
+
+def production_verdict(thresholds_dir: str, suite: str) -> tuple[str, ...]:
+    """Also judge the evidence with production's gates (shown beside the deciding verdict)."""
+    if thresholds_dir.rstrip("/") in (PRODUCTION_THRESHOLDS, f"./{PRODUCTION_THRESHOLDS}"):
+        return ()
+    return ("--production-threshold-file", f"{PRODUCTION_THRESHOLDS}/{suite}.yaml")
+
+
 def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettings | None = None) -> dict[str, object]:
     """Create the chain's tasks in the current DAG (or task group); return them by role.
 
@@ -85,7 +108,12 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
     ref = model_ref(subject.name, subject.version)
     pod, volume = subject.in_pod, subject.on_volume
     s3_plain, s3_secrets = s3_env()
-    gpu = Resources(cpu="4", memory="16Gi", gpu=1)
+    # Evaluations are HTTP clients of the model server: CPU and memory, no GPU (only serving has one).
+    client = Resources(cpu="2", memory="4Gi")
+    # The run folder: on the claim locally; in kubernetes mode the pods pull/push it via S3
+    # (evals.handoff) and mount no claim at all; only staging (writes) and serving (reads) do.
+    reads = ModelVolume.for_reading() if execution_mode() is c.ExecutionMode.LOCAL else None
+    handoff = {"handoff": subject.results_dir, "volume": reads}
 
     stage = pod_task(PodStep(
         name="stage-weights",
@@ -110,10 +138,10 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
             args=("--model", ref, "--suite", suite, "--endpoint", endpoint, *limit,
                   *(("--prompts", pod.prompts) if suite == "quality" else ()),
                   "--output", pod.results(suite)),
-            env={"RAGAS_DO_NOT_TRACK": "true"},
-            secret_env=(SecretEnv(JUDGE_API_KEY_ENV, secret=JUDGE_SECRET_NAME, key="api-key", optional=True),),
-            resources=gpu, tolerations=(Toleration.gpu(),),
-            volume=ModelVolume.for_reading(),
+            env={"RAGAS_DO_NOT_TRACK": "true", **s3_plain, **judge_env()},
+            secret_env=(SecretEnv(JUDGE_API_KEY_ENV, secret=JUDGE_SECRET_NAME, key="api-key", optional=True),
+                        *s3_secrets),
+            resources=client, **handoff,
             results=ResultsLocation.on_volume(volume.results(suite)),
         ), task_id=f"eval_{suite}", retries=1)
     evals["latency"] = pod_task(PodStep(
@@ -121,8 +149,8 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
         command=("python", "-m", "evals.benchmark"),
         args=("--model", ref, "--endpoint", endpoint, "--concurrent-users", settings.concurrent_users,
               "--duration", settings.duration_s, "--output", pod.results("latency")),
-        resources=Resources(cpu="4", memory="4Gi"),
-        volume=ModelVolume.for_reading(),
+        env=s3_plain, secret_env=s3_secrets,
+        resources=Resources(cpu="4", memory="4Gi"), **handoff,
         results=ResultsLocation.on_volume(volume.results("latency")),
     ), task_id="benchmark_latency", retries=1)
 
@@ -135,11 +163,12 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
             command=("python", "-m", "evals.gate_check"),
             args=("--results", pod.results(suite),
                   "--threshold-file", f"{settings.thresholds_dir}/{suite}.yaml",
+                  *production_verdict(settings.thresholds_dir, suite),
                   "--baseline", pod.baseline(suite),
                   "--output", pod.verdict(suite),
                   "--report", pod.report(suite)),
-            resources=Resources(cpu="500m", memory="512Mi"),
-            volume=ModelVolume.for_reading(),
+            env=s3_plain, secret_env=s3_secrets,
+            resources=Resources(cpu="500m", memory="512Mi"), **handoff,
             results=ResultsLocation.on_volume(volume.verdict(suite)),
         ), task_id=f"gate_{suite}")
 

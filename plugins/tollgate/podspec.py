@@ -239,6 +239,9 @@ class PodStep:
     volume: ModelVolume | None = None
     service_account: str | None = None
     results: ResultsLocation | None = None
+    # The run folder (relative to /results; may be a template) this step reads and writes.
+    # Kubernetes mode moves it through S3 (evals.handoff around the command); locally it is a folder.
+    handoff: str | None = None
 
     def __post_init__(self) -> None:
         # Accept lists from DAG authors, store immutable values.
@@ -305,8 +308,12 @@ class PodStep:
         if self.results is not None:
             if not isinstance(self.results, ResultsLocation):
                 raise _fail("results", "must be a ResultsLocation")
-            if self.results.on_shared_volume and self.volume is None:
-                raise _fail("results", f"{self.results.uri!r} is on the model volume but the step mounts no volume")
+            if self.results.on_shared_volume and self.volume is None and self.handoff is None:
+                raise _fail("results", f"{self.results.uri!r} is on the model volume but the step mounts no volume "
+                            "and has no handoff folder")
+        if self.handoff is not None and (not isinstance(self.handoff, str) or not self.handoff.strip("/")
+                                         or "/../" in f"/{self.handoff}/"):
+            raise _fail("handoff", f"{self.handoff!r} must be a folder below {c.RESULTS_MOUNT_PATH}")
 
     @property
     def uses_gpu(self) -> bool:

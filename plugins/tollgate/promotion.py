@@ -95,23 +95,39 @@ def materialize_prompts(model: str, version: str, results_dir: str) -> str:
     return str(target)
 
 
-def fetch_baseline(model: str, champion_version: str | None, results_dir: str) -> dict[str, str]:
+def fetch_baseline(model: str, champion_version: str | None, results_dir: str,
+                   subject_version: str | None = None) -> dict[str, str]:
     """Write the champion's last results per suite to the run folder (``RunFolder.baseline``).
 
     Without a champion (or without its results) an empty-metrics file is written: the
-    regression gate then fails closed, as it must, and says the metric is missing.
+    regression gate then fails closed, as it must, and says the metric is missing. The
+    one exception is the champion's own evaluation (``subject_version`` is the champion)
+    with no earlier results: its comparison gates record "baseline established" (the
+    file says ``establishes_baseline``), since a first nightly has nothing to regress from.
+
+    The champion's recorded quality answers are reused for the paired comparison only if
+    they were produced with the champion's current prompt set (its sha256): otherwise the
+    file says ``pairing_stale`` and the paired gates fail closed naming it.
     """
     from tollgate.mlflow import registry
 
     folder = RunFolder(str(local_results_dir(results_dir)))
     found: dict[str, str] = {}
+    own = subject_version is not None and champion_version is not None and str(subject_version) == str(champion_version)
     for suite in SUITES:
         data = registry.champion_results(model, suite) if champion_version else None
         if data is None:
-            data = {"metrics": {}, "meta": {"note": f"no champion results for {suite}; regression gates fail closed"}}
-            found[suite] = "none"
+            note = f"no champion results for {suite}; regression gates fail closed"
+            if own:
+                note = f"the champion's first evaluation of {suite}: this run establishes the baseline"
+            data = {"metrics": {}, "meta": {"note": note, "establishes_baseline": own}}
+            found[suite] = "established" if own else "none"
         else:
             found[suite] = str((data.get("meta") or {}).get("version", champion_version))
+            if suite == "quality" and champion_version:
+                stale = _stale_answers(model, str(champion_version), data)
+                if stale:
+                    data.setdefault("meta", {})["pairing_stale"] = stale
         target = Path(folder.baseline(suite))
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(data, indent=2))
@@ -119,41 +135,172 @@ def fetch_baseline(model: str, champion_version: str | None, results_dir: str) -
     return found
 
 
+def _stale_answers(model: str, champion_version: str, data: dict[str, Any]) -> str | None:
+    """Why the champion's recorded answers are not what it answers today (its prompt changed), or None."""
+    import hashlib
+
+    from tollgate.mlflow import registry
+
+    recorded = ((data.get("meta") or {}).get("prompts") or {}).get("sha256")
+    cfg = registry.serving_config(model, champion_version)
+    if not recorded or not isinstance(cfg.template, str) or not cfg.template.strip():
+        return None  # registered without a prompt: evaluated with the default set, nothing to compare
+    current = hashlib.sha256(cfg.template.encode()).hexdigest()
+    if current != recorded:
+        return (f"the champion's prompt set changed since its answers were recorded (sha256 {recorded[:12]} -> "
+                f"{current[:12]}); re-evaluate the champion")
+    return None
+
+
 def record_evidence(model: str, version: str, *, dag_id: str, dag_run_id: str, results_dir: str,
                     title: str) -> dict[str, Any]:
-    """Log every suite's results, verdict and report to MLflow; return the approval report.
+    """Log every suite's results, verdict, report and plots to MLflow; return the approval report.
 
     Runs whatever happened upstream: a suite whose results or verdict file is missing
-    counts as a failed gate ("could not decide"), never as a pass.
+    counts as a failed gate ("could not decide"), never as a pass. The report shows both
+    verdicts (the deciding profile and production's thresholds on the same evidence), each
+    gate's n, value, interval, bound, method and paired delta vs the champion, the judge,
+    the canary policy that runs after approval, the MLflow runs and the plots.
     """
     from tollgate.mlflow import tracking
 
     folder = local_results_dir(results_dir)
     run = RunFolder(str(folder))
     parent = tracking.start_dag_run(model, version, dag_id=dag_id, dag_run_id=dag_run_id)
+    verdicts = {suite: json.loads(Path(run.verdict(suite)).read_text()) for suite in SUITES
+                if Path(run.results(suite)).is_file() and Path(run.verdict(suite)).is_file()}
+    plots = render_plots(folder, run, verdicts, (f"{model}:{version}", "champion"))
     failed: list[str] = []
     sections: list[str] = []
     suite_runs: dict[str, str] = {}
     for suite in SUITES:
         results, verdict, report = Path(run.results(suite)), Path(run.verdict(suite)), Path(run.report(suite))
-        if not results.is_file() or not verdict.is_file():
+        if suite not in verdicts:
             failed.append(f"{suite}: no {'results' if not results.is_file() else 'verdict'} (evaluation did not finish)")
             sections.append(f"### {suite}: NO EVIDENCE\n\nThe {suite} evaluation did not produce a judged result.\n")
             continue
-        plots = sorted(folder.glob(f"{suite}*.png")) + sorted(folder.glob("*cdf*.png") if suite == "latency" else [])
         suite_runs[suite] = tracking.log_suite_run(parent, suite, results=results, verdict=verdict,
-                                                   report=report if report.is_file() else None, plots=plots)
-        data = json.loads(verdict.read_text())
+                                                   report=report if report.is_file() else None,
+                                                   plots=plots.get(suite, []))
+        data = verdicts[suite]
         failed += [f"{suite}/{name}" for name in data.get("failed_gates", [])]
         if not data.get("passed"):
             failed += [] if data.get("failed_gates") else [f"{suite}: verdict not passed"]
-        sections.append(report.read_text() if report.is_file() else f"### {suite}: see MLflow\n")
+        sections.append((report.read_text() if report.is_file() else f"### {suite}: see MLflow\n")
+                        + f"\n[MLflow run of the {suite} suite]({tracking.run_url(suite_runs[suite])})\n")
     url = tracking.run_url(parent)
     tracking.finish_dag_run(parent, passed=not failed, summary={"failed_gates": failed, "suite_runs": suite_runs})
-    body = "\n".join([f"## {title}", "", f"Evidence: [MLflow run]({url})", "", *sections])
+    body = "\n".join([f"## {title}", "", f"Evidence: [MLflow run]({url})", "",
+                      *evidence_summary(verdicts), "", *sections, *plot_section(plots, suite_runs)])
     if failed:
         body += "\n**Failed or undecided:** " + ", ".join(failed) + "\n"
     return {"run_id": parent, "run_url": url, "report": body, "failed_gates": failed, "suite_runs": suite_runs}
+
+
+def _verdict_cell(data: dict[str, Any] | None) -> str:
+    if not data:
+        return "—"
+    if data.get("passed"):
+        return "PASSED"
+    return f"FAILED ({len(data.get('failed_gates') or [])} of {len(data.get('gates') or [])} gates)"
+
+
+def evidence_summary(verdicts: dict[str, dict[str, Any]]) -> list[str]:
+    """Both verdicts side by side, the judge, and the canary that runs after an approval."""
+    profile = next((v.get("profile") for v in verdicts.values() if v.get("profile")), "deciding")
+    lines = ["### Verdicts", "", f"| Suite | {profile} profile (deciding) | production thresholds (same evidence) |",
+             "|---|---|---|"]
+    for suite in SUITES:
+        data = verdicts.get(suite)
+        prod = (data or {}).get("production") or (data if data and _is_production(data) else None)
+        lines.append(f"| {suite} | {_verdict_cell(data)} | {_verdict_cell(prod)} |")
+    judge = (verdicts.get("quality") or {}).get("judge") or "not judged: no quality verdict"
+    lines += ["", f"**Judge:** {judge}", "", f"**Canary after approval:** {canary_policy_line()}"]
+    return lines
+
+
+def _is_production(verdict: dict[str, Any]) -> bool:
+    """A verdict judged with the repository's production threshold folder itself."""
+    from evals import settings as evals_settings
+
+    path = verdict.get("thresholds_file")
+    return bool(path) and _repo_path(str(path)).resolve().parent == (evals_settings.REPO_ROOT / "thresholds").resolve()
+
+
+def canary_policy_line() -> str:
+    """The canary policy file that model_promotion runs after an approval (name, steps), or its gates."""
+    import yaml
+
+    from tollgate import settings
+
+    env = settings.current()
+    path = getattr(env, "canary_policy", None)
+    resolved = _repo_path(path) if path else None
+    if resolved is not None and resolved.is_file():
+        try:
+            doc = yaml.safe_load(resolved.read_text()) or {}
+        except yaml.YAMLError:
+            doc = {}
+        steps = " -> ".join(f"{s.get('weight')} %" + (f" for {s['hold_s']:g} s" if s.get("hold_s") else "")
+                            for s in doc.get("steps") or [] if isinstance(s, dict))
+        name = doc.get("description") or resolved.name
+        return f"`{path}`: {name}" + (f" (steps {steps})" if steps else "")
+    return f"gates `{env.canary_thresholds}` (no canary policy file at `{path}`)" if path else \
+        f"gates `{env.canary_thresholds}`"
+
+
+def _repo_path(path: str) -> Path:
+    from evals import settings as evals_settings
+
+    p = Path(path)
+    return p if p.is_absolute() else evals_settings.REPO_ROOT / p
+
+
+PLOT_FILES = {"latency": ("latency-cdf.png",), "quality": ("quality-per-category.png", "quality-paired-deltas.png")}
+
+
+def render_plots(folder: Path, run: RunFolder, verdicts: dict[str, dict[str, Any]],
+                 labels: tuple[str, str]) -> dict[str, list[Path]]:
+    """Draw the approval page's plots into the run folder; {suite: [png]} to log with that suite."""
+    from evals import plots
+
+    def load(path: str) -> dict[str, Any] | None:
+        p = Path(path)
+        try:
+            return json.loads(p.read_text()) if p.is_file() else None
+        except ValueError:
+            return None
+
+    out: dict[str, list[Path]] = {}
+    drawn: list[tuple[str, Path | None]] = []
+    latency = load(run.results("latency"))
+    if latency is not None:
+        drawn.append(("latency", plots.latency_cdf(latency, load(run.baseline("latency")), folder / "latency-cdf.png",
+                                                   labels)))
+    quality = load(run.results("quality"))
+    if quality is not None:
+        drawn.append(("quality", plots.per_category(quality, load(run.baseline("quality")),
+                                                    folder / "quality-per-category.png", labels)))
+    rows = [{**g, "suite": suite} for suite, v in verdicts.items() for g in v.get("gates") or []]
+    drawn.append(("quality", plots.paired_deltas(rows, folder / "quality-paired-deltas.png")))
+    for suite, path in drawn:
+        if path is not None:
+            out.setdefault(suite, []).append(path)
+    return out
+
+
+def plot_section(plots: dict[str, list[Path]], suite_runs: dict[str, str]) -> list[str]:
+    """Markdown images served by MLflow (Airflow's page renders http(s) images, not data: URIs)."""
+    from tollgate.mlflow import tracking
+
+    lines = []
+    for suite, paths in plots.items():
+        if suite not in suite_runs:
+            continue
+        for p in paths:
+            src = tracking.artifact_url(suite_runs[suite], f"{tracking.PLOTS_DIR}/{p.name}")
+            lines.append(f"![{p.stem}]({src})")
+    return ["### Plots", "", *lines, ""] if lines else []
 
 
 def require_gates_passed(evidence: dict[str, Any] | None) -> None:
@@ -175,16 +322,26 @@ def approval_outcome(approval: dict[str, Any] | None) -> tuple[str, str]:
     return ("approved" if chosen == "Approve" else "rejected"), str(who)
 
 
+_UNCHECKED = object()
+
+
 def promote(model: str, version: str, alias: str, *, approver: str, evidence_run_id: str | None,
-            canary: dict[str, Any] | None, dag_id: str, dag_run_id: str) -> dict[str, Any]:
-    """Move the alias with its audit record (naming the DAG run); a version already there changes nothing."""
+            canary: dict[str, Any] | None, dag_id: str, dag_run_id: str,
+            expect_from: str | None | object = _UNCHECKED) -> dict[str, Any]:
+    """Move the alias with its audit record (naming the DAG run); a version already there changes nothing.
+
+    ``expect_from`` is the alias's target when the run validated its request
+    (``validate_request``'s ``current_target``): if someone moved the alias since, this
+    raises ``AliasConflict`` and moves nothing (the run records ``alias_conflict``).
+    """
     from tollgate.mlflow import registry
 
     reason = f"approved by {approver} in model_promotion"
     if canary:
         reason += f"; canary {canary.get('decision', 'passed')}"
+    checked = {} if expect_from is _UNCHECKED else {"expect_from": expect_from}
     move = registry.move_alias(model, alias, version, actor=approver, reason=reason, evidence_run_id=evidence_run_id,
-                               dag_id=dag_id, dag_run_id=dag_run_id)
+                               dag_id=dag_id, dag_run_id=dag_run_id, **checked)
     log.info("alias %s of %s: %s -> %s (changed=%s)", alias, model, move.from_version, version, move.changed)
     return {"alias": alias, "from": move.from_version, "to": version, "changed": move.changed}
 

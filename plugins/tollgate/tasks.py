@@ -9,7 +9,8 @@
 Each factory returns a ``@task``-decorated callable; the DAG calls it with the request (an
 XComArg), so the graph edge and the XCom shapes stay where the DAG can see them. Task ids
 are the factories' names. The run folder is found once, here: the same folder the pod
-steps get through the DAG's ``run_folder`` macro (``tollgate.promotion.run_folder``).
+steps get through the DAG's ``run_folder`` macro (``tollgate.promotion.run_folder``); in
+kubernetes mode it is synced with its S3 prefix around each task (``tollgate.resultstore``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from airflow.task.trigger_rule import TriggerRule
 
 from tollgate import promotion
 from tollgate.exceptions import TollgateError
+from tollgate.resultstore import synced
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,8 +51,9 @@ def materialize_prompts(dag_id: str) -> SharedTask:
 
     @task(task_id="materialize_prompts")
     def _materialize_prompts(request: dict[str, Any], run_id: str | None = None) -> str:
-        return promotion.materialize_prompts(request["model_name"], request["model_version"],
-                                             request_folder(dag_id, _known(run_id), request))
+        folder = request_folder(dag_id, _known(run_id), request)
+        with synced(folder, push=True):  # kubernetes mode: the eval pods pull it from S3
+            return promotion.materialize_prompts(request["model_name"], request["model_version"], folder)
 
     return _materialize_prompts
 
@@ -60,8 +63,10 @@ def fetch_baseline(dag_id: str) -> SharedTask:
 
     @task(task_id="fetch_baseline")
     def _fetch_baseline(request: dict[str, Any], run_id: str | None = None) -> dict[str, str]:
-        return promotion.fetch_baseline(request["model_name"], request["champion_version"],
-                                        request_folder(dag_id, _known(run_id), request))
+        folder = request_folder(dag_id, _known(run_id), request)
+        with synced(folder, push=True):  # kubernetes mode: the gate pods pull it from S3
+            return promotion.fetch_baseline(request["model_name"], request["champion_version"], folder,
+                                            subject_version=request["model_version"])
 
     return _fetch_baseline
 
@@ -75,8 +80,10 @@ def record_evidence(dag_id: str, *, title: str) -> SharedTask:
 
     @task(task_id="record_evidence", trigger_rule=TriggerRule.ALL_DONE)
     def _record_evidence(request: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-        return promotion.record_evidence(request["model_name"], request["model_version"], dag_id=dag_id,
-                                         dag_run_id=_known(run_id), results_dir=request_folder(dag_id, _known(run_id), request),
-                                         title=title.format(**request))
+        folder = request_folder(dag_id, _known(run_id), request)
+        with synced(folder, pull=True):  # kubernetes mode: what the pods pushed to S3
+            return promotion.record_evidence(request["model_name"], request["model_version"], dag_id=dag_id,
+                                             dag_run_id=_known(run_id), results_dir=folder,
+                                             title=title.format(**request))
 
     return _record_evidence

@@ -34,11 +34,11 @@ PROMOTION_GATES = {
     "quality.yaml": """
 gates:
   task_success: {metric: task_success_rate, min: 0.40}
-  groundedness: {metric: groundedness_score, min: 0.0}
-  hallucination: {metric: hallucination_rate, max: 1.0}
-  judge_errors: {metric: judge_error_rate, max: 0.25}
+  token_f1: {metric: token_f1, min: 0.25}
+  groundedness: {metric: embedding_groundedness, min: 0.30}
   errors: {metric: error_rate, max: 0.05}
-  regression: {metric: quality_delta_vs_baseline, min: -0.05}
+  regression: {metric: task_success_rate_delta_vs_baseline, min: 0.0, on: ci_upper, mde: 0.02}
+  quality_regression: {metric: quality_delta_vs_baseline, min: -0.05}
 """,
     "safety.yaml": """
 gates:
@@ -161,7 +161,7 @@ def api(stack: Stack, user: str):
 
 
 def run_promotion(stack: Stack, version: str, answer: str | None, *, intruder_first: bool = False,
-                  in_browser: bool = False) -> tuple:
+                  in_browser: bool = False, target_env: str = "production") -> tuple:
     """dag.test() model_promotion in this thread; answer the approval from another thread,
     through the REST API or by clicking in the Airflow UI in headless Chromium.
 
@@ -200,8 +200,11 @@ def run_promotion(stack: Stack, version: str, answer: str | None, *, intruder_fi
                 page = approve_in_ui(stack.api_url, "approver", stack.passwords["approver"], pending.dag_id,
                                      pending.run_id, pending.task_id, option=answer,
                                      expect_text=[f"Promote {stack.model}:{version} to production", "quality gates",
-                                                  "safety gates", "latency gates", "Evidence"])
+                                                  "safety gates", "latency gates", "Evidence",
+                                                  "production thresholds (same evidence)", "95% CI",
+                                                  "McNemar exact", "Canary after approval"])
                 outcome["page"] = page["text"]
+                outcome["images"], outcome["images_loaded"] = page["images"], page["images_loaded"]
             else:
                 api(stack, "approver").respond(pending, answer)
             outcome["answered"] = answer
@@ -214,7 +217,7 @@ def run_promotion(stack: Stack, version: str, answer: str | None, *, intruder_fi
         thread.start()
     dag = load_dag("model_promotion")
     try:
-        dr = dag.test(run_conf={"model_name": stack.model, "model_version": version, "target_env": "production"})
+        dr = dag.test(run_conf={"model_name": stack.model, "model_version": version, "target_env": target_env})
     finally:
         run_over.set()
     if thread is not None:

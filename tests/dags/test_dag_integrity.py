@@ -22,7 +22,7 @@ def dagbag():
 
 def test_every_dag_file_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"model_promotion", "model_evaluation", "nightly_eval"}
+    assert set(dagbag.dag_ids) == {"model_promotion", "model_evaluation", "nightly_eval", "drift_monitor", "retrain"}
 
 
 @pytest.mark.parametrize("path", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)

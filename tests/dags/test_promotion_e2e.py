@@ -47,6 +47,7 @@ def test_nightly_discovers_the_champion_and_starts_its_evaluation(stack: Stack) 
 
 
 def test_model_evaluation_of_the_champion_records_evidence(stack: Stack) -> None:
+    from tests.plugins.airflow_run import xcom
     from tollgate.mlflow import tracking
 
     dr = load_dag("model_evaluation").test(run_conf={"model_name": stack.model, "model_version": "1", "alias": "champion"})
@@ -56,6 +57,11 @@ def test_model_evaluation_of_the_champion_records_evidence(stack: Stack) -> None
         assert states[f"eval_{suite}" if suite != "latency" else "benchmark_latency"] == "success", states
         assert tracking.latest_results(stack.model, "1", suite) is not None, suite
     assert states["record_evidence"] == "success"
+    # the champion's first nightly has nothing to regress from: baseline established, not a failed gate
+    evidence = xcom(dr, "record_evidence")
+    compared = [g for g in evidence["failed_gates"] if g.endswith(("regression", "_vs_champion"))]
+    assert compared == [], evidence["failed_gates"]
+    assert "baseline established" in evidence["report"]
 
 
 def test_promotion_with_a_failing_gate_asks_nobody_and_moves_nothing(stack: Stack, monkeypatch) -> None:
@@ -75,7 +81,11 @@ def test_rejected_promotion_moves_nothing_and_is_recorded(stack: Stack) -> None:
     assert "error" not in outcome, outcome
     assert outcome["intruder"] == 403, "a user who is not an assigned approver must be refused"
     assert f"Promote {stack.model}:2 to production" in outcome["body"]
-    assert "| Gate | Metric | Value | Bound |" in outcome["body"]
+    body = outcome["body"]
+    assert "| Gate | Metric | n | Value | 95% CI | Bound | Decides on | Δ vs champion (95% CI) |" in body
+    assert "(production thresholds, same evidence, not deciding)" in body  # the production verdict beside
+    assert "| regression | `task_success_rate_delta_vs_baseline` | 8 |" in body  # paired on the same 8 items
+    assert "**Judge:** not judged" in body and "dataset too small" in body
     assert states["approval"] == "success" and states["canary"] == "skipped"
     assert champion(stack) == "1"
     last = audit(stack)[-1]
@@ -87,6 +97,12 @@ def test_approved_in_the_ui_runs_the_canary_and_moves_the_alias(stack: Stack) ->
     dr, states, outcome = run_promotion(stack, "2", answer="Approve", in_browser=True)
     assert "error" not in outcome, outcome
     assert "| Gate" not in outcome["page"] and "Gate" in outcome["page"], "the gate report renders as a table"
+    page = outcome["page"]
+    # both verdicts, each gate's n and 95 % interval, the judge and the plots, as the approver sees them
+    assert "embedded profile (deciding)" in page or "profile (deciding)" in page
+    assert "production thresholds (same evidence)" in page and "not judged" in page
+    assert "McNemar exact" in page and "Wilson 95 %" in page
+    assert outcome["images"] >= 3 and outcome["images_loaded"] == outcome["images"], outcome
     assert (REPO_ROOT / "test-artifacts" / "approval.png").stat().st_size > 10_000
     assert states["canary"] == "success", states
     assert states["promote"] == "success" and dr.state == "success"

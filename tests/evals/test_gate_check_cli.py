@@ -22,17 +22,28 @@ def write(path: Path, payload: object) -> Path:
     return path
 
 
+def per_item(quality: list[float], success: list[float]) -> list[dict]:
+    return [{"id": f"i{k}", "scores": {"quality_score": q, "task_success_rate": t}, "error": None}
+            for k, (q, t) in enumerate(zip(quality, success, strict=True))]
+
+
+CANDIDATE_ITEMS = per_item([0.93] * 100, [1.0] * 95 + [0.0] * 5)
+
+
 @pytest.fixture
 def quality_results(tmp_path: Path) -> Path:
     return write(tmp_path / "quality.json", {
         "metrics": {"groundedness_score": 0.91, "task_success_rate": 0.95, "hallucination_rate": 0.03,
                     "quality_score": 0.93},
+        "samples": CANDIDATE_ITEMS,
         "meta": {"model": "m", "version": "2", "suite": "quality"},
     })
 
 
 def test_pass_writes_verdict_and_report(tmp_path: Path, quality_results: Path) -> None:
-    baseline = write(tmp_path / "base.json", {"metrics": {"quality_score": 0.94}})
+    # the champion answered the same 100 items: quality 0.94 each, the same pass/fail
+    baseline = write(tmp_path / "base.json", {"metrics": {"quality_score": 0.94, "task_success_rate": 0.95},
+                                              "samples": per_item([0.94] * 100, [1.0] * 95 + [0.0] * 5)})
     out, report = tmp_path / "v" / "verdict.json", tmp_path / "r" / "report.md"
     proc = gate_check("--results", str(quality_results), "--threshold-file", "thresholds/quality.yaml",
                       "--baseline", str(baseline), "--output", str(out), "--report", str(report))
@@ -42,18 +53,38 @@ def test_pass_writes_verdict_and_report(tmp_path: Path, quality_results: Path) -
     assert verdict["subject"] == "m:2"
     assert len(verdict["thresholds_sha256"]) == 64 and len(verdict["results_sha256"]) == 64
     regression = next(g for g in verdict["gates"] if g["metric"] == "quality_delta_vs_baseline")
-    assert abs(regression["value"] - (-0.01)) < 1e-9
+    assert abs(regression["value"] - (-0.01)) < 1e-9 and regression["n"] == 100
+    assert regression["on"] == "ci_lower" and regression["method"].startswith("paired bootstrap")
     assert "PASSED" in report.read_text()
 
 
 def test_regression_fails_with_exit_1_naming_the_gate(tmp_path: Path, quality_results: Path) -> None:
-    baseline = write(tmp_path / "base.json", {"metrics": {"quality_score": 0.96}})
+    baseline = write(tmp_path / "base.json", {"metrics": {"quality_score": 0.96, "task_success_rate": 0.95},
+                                              "samples": per_item([0.96] * 100, [1.0] * 95 + [0.0] * 5)})
     out = tmp_path / "verdict.json"
     proc = gate_check("--results", str(quality_results), "--threshold-file", "thresholds/quality.yaml",
                       "--baseline", str(baseline), "--output", str(out))
     assert proc.returncode == 1
     assert json.loads(out.read_text())["failed_gates"] == ["regression"]
     assert "regression" in proc.stdout
+
+
+def test_production_verdict_is_reported_beside_and_baseline_established(tmp_path: Path,
+                                                                       quality_results: Path) -> None:
+    out, report = tmp_path / "verdict.json", tmp_path / "report.md"
+    empty = write(tmp_path / "none.json", {"metrics": {}, "meta": {"note": "no champion results for quality"}})
+    proc = gate_check("--results", str(quality_results), "--threshold-file", "thresholds/embedded/quality.yaml",
+                      "--production-threshold-file", "thresholds/quality.yaml", "--baseline", str(empty),
+                      "--output", str(out), "--report", str(report), "--establish-baseline")
+    verdict = json.loads(out.read_text())
+    regression = next(g for g in verdict["gates"] if g["name"] == "regression")
+    assert regression["status"] == "baseline established" and regression["passed"]
+    assert verdict["profile"] == "embedded" and "production" in verdict
+    assert verdict["production"]["passed"] is False  # production never establishes: it fails closed
+    assert "regression" in verdict["production"]["failed_gates"]
+    text = report.read_text()
+    assert "(embedded profile, deciding)" in text and "(production thresholds, same evidence, not deciding)" in text
+    assert proc.returncode == (0 if verdict["passed"] else 1)
 
 
 def test_missing_metric_fails_closed_exit_1(tmp_path: Path) -> None:

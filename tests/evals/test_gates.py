@@ -209,15 +209,18 @@ def test_confidence_without_samples_fails_closed() -> None:
     assert not verdict.passed and "per-sample" in verdict.gates[0].reason
 
 
-def test_confidence_on_a_delta_uses_both_sample_sets() -> None:
+def test_confidence_on_a_delta_decides_on_the_paired_interval() -> None:
     tf = gates.parse_threshold_text(
         "gates:\n  r: {metric: q_delta_vs_baseline, min: -0.02, confidence: 0.95}\n", "t")
     base = {"metrics": {"q": 0.9}, "samples": samples("q", [1.0] * 90 + [0.0] * 10)}
     same = {"metrics": {"q": 0.9}, "samples": samples("q", [1.0] * 90 + [0.0] * 10)}
     verdict = gates.evaluate(tf, same, base)
-    assert verdict.gates[0].value == 0.0
-    assert not verdict.passed  # mean delta 0 but 100 samples cannot rule out a 2-point drop
-    assert gates.evaluate(tf, same, {"metrics": {"q": 0.5}, "samples": samples("q", [1.0] * 50 + [0.0] * 50)}).passed
+    # the same answers on the same items: no discordant pair, the paired difference is exactly 0
+    assert verdict.gates[0].value == 0.0 and verdict.passed and verdict.gates[0].n == 100
+    worse = {"metrics": {"q": 0.8}, "samples": samples("q", [1.0] * 80 + [0.0] * 20)}
+    failed = gates.evaluate(tf, worse, base).gates[0]
+    assert not failed.passed and failed.judged_value == failed.ci_low < -0.02
+    assert failed.method.startswith("McNemar exact")
 
 
 def test_errored_samples_do_not_count_as_scores() -> None:
@@ -231,5 +234,5 @@ def test_markdown_report_shows_each_gate_value_bound_and_delta() -> None:
     verdict = gates.evaluate(tf, {"metrics": {"x": 0.9, "y": 0.2}}, {"metrics": {"x": 0.8}})
     report = gates.markdown_report(verdict, "quality gates for m:2")
     assert "FAILED (1 of 2 gates)" in report
-    assert "| a | `x` | 0.9 | >= 0.5 | +0.1 | pass |" in report
-    assert "| b | `y` | 0.2 | <= 0.1 | — | **FAIL** |" in report
+    assert "| a | `x` | — | 0.9 | — | >= 0.5 | value | +0.1 | point value (no per-item data) | pass |" in report
+    assert "| b | `y` | — | 0.2 | — | <= 0.1 | value | — | point value (no per-item data) | **FAIL** |" in report

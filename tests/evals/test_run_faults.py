@@ -74,10 +74,19 @@ def load(out):
     return json.loads(Path(out).read_text())
 
 
+JUDGE = "judge-model:3"
+
+
+def judged(judge_stub):
+    return ("--judge-endpoint", judge_stub.url, "--judge-model", JUDGE)
+
+
 def test_clean_run_scores_every_sample_with_usage_and_judge(tmp_path, quality_set):
     out = tmp_path / "q.json"
-    with FaultStub(responder=judge_aware(), models=(MODEL,)) as stub:
-        assert run(stub.url, quality_set, out, "--repeats", "2") == 0
+    with FaultStub(responder=judge_aware(), models=(MODEL,)) as target, \
+            FaultStub(responder=judge_aware(), models=(JUDGE,)) as stub:
+        assert run(target.url, quality_set, out, "--repeats", "2", *judged(stub)) == 0
+        assert not any(b.get("response_format") for b in target.bodies)  # the candidate never judges
     res = load(out)
     m = res["metrics"]
     assert m["task_success_rate"] == pytest.approx(2 / 4)  # f1 and g1 say Paris; f2 and o1 do not
@@ -93,14 +102,17 @@ def test_clean_run_scores_every_sample_with_usage_and_judge(tmp_path, quality_se
     assert all(b["response_format"]["type"] == "json_schema" for b in judge_bodies)
     meta = res["meta"]
     assert meta["model"] == "stub-model" and meta["version"] == "1" and meta["suite"] == "quality"
-    assert meta["judge"]["model"] == MODEL and "groundedness_judge1" in meta["judge"]["prompts"]
+    assert meta["judge"]["model"] == JUDGE and "groundedness_judge1" in meta["judge"]["prompts"]
+    assert 0.0 <= m["embedding_groundedness"] <= 1.0 and m["embedding_groundedness_n"] == 1
+    assert m["exact_match_rate"] == 0.0 and m["exact_match_rate_n"] == 4 and "not_judged" not in res
     assert meta["dataset_sha256"] and meta["prompts"]["name"] == "quality-prompts" and meta["failures"] == []
 
 
 def test_unparseable_judge_answers_are_recorded_errors_and_fail_the_run(tmp_path, quality_set, capsys):
     out = tmp_path / "q.json"
-    with FaultStub(responder=judge_aware(garbage="I think it is quite grounded!"), models=(MODEL,)) as stub:
-        assert run(stub.url, quality_set, out, "--max-retries", "0") == 1
+    with FaultStub(responder=judge_aware(), models=(MODEL,)) as target, \
+            FaultStub(responder=judge_aware(garbage="I think it is quite grounded!"), models=(JUDGE,)) as stub:
+        assert run(target.url, quality_set, out, "--max-retries", "0", *judged(stub)) == 1
     assert "judgements produced no score" in capsys.readouterr().err
     res = load(out)
     assert res["metrics"]["judge_error_rate"] == 1.0
@@ -110,8 +122,9 @@ def test_unparseable_judge_answers_are_recorded_errors_and_fail_the_run(tmp_path
     assert "groundedness_score" not in g1["scores"] and g1["judge"]["groundedness_score"] == [None]
     assert g1["judge_errors"]["groundedness_score"][0]  # a reason, not a zero
     # with a tolerant threshold the same run completes, and the metric stays null rather than 0
-    with FaultStub(responder=judge_aware(garbage="nope"), models=(MODEL,)) as stub:
-        assert run(stub.url, quality_set, out, "--max-retries", "0", "--max-error-share", "1") == 0
+    with FaultStub(responder=judge_aware(), models=(MODEL,)) as target, \
+            FaultStub(responder=judge_aware(garbage="nope"), models=(JUDGE,)) as stub:
+        assert run(target.url, quality_set, out, "--max-retries", "0", "--max-error-share", "1", *judged(stub)) == 0
     assert load(out)["metrics"]["groundedness_score"] is None
 
 
@@ -135,7 +148,7 @@ def test_transient_500s_are_retried_with_backoff(tmp_path, quality_set):
                    models=(MODEL,)) as stub:
         assert run(stub.url, quality_set, out, "--max-retries", "2", "--concurrency", "4") == 0
     assert load(out)["metrics"]["error_rate"] == 0.0
-    assert stub.requests > 4 + 4  # the answers were asked for more than once
+    assert stub.requests == 4 + 4  # each answer was asked for twice (the first 4 got a 500)
 
 
 def test_closed_connections_are_counted_and_the_run_finishes(tmp_path, safety_set):
@@ -221,6 +234,41 @@ def test_separate_judge_endpoint_and_model(tmp_path, quality_set, capsys):
     res = load(out) if out.exists() else None
     assert res is not None and res["metrics"]["groundedness_score"] == 0.5  # rating 1 of 2 from both judge prompts
     assert res["meta"]["judge"]["endpoint"] == judge.url and res["meta"]["judge"]["model"] == "big-judge:7"
+
+
+def test_without_a_judge_the_judge_metrics_are_not_judged(tmp_path, quality_set, monkeypatch):
+    monkeypatch.delenv("TOLLGATE_JUDGE_ENDPOINT", raising=False)
+    monkeypatch.delenv("TOLLGATE_JUDGE_MODEL", raising=False)
+    out = tmp_path / "q.json"
+    with FaultStub(responder=judge_aware(), models=(MODEL,)) as stub:
+        assert run(stub.url, quality_set, out) == 0
+        assert not any(b.get("response_format") for b in stub.bodies)  # nobody was asked to judge
+    res = load(out)
+    for metric in ("groundedness_score", "hallucination_rate", "answer_relevancy", "judge_error_rate"):
+        assert res["metrics"][metric] is None
+        assert "no independent judge configured" in res["not_judged"][metric]
+    assert res["meta"]["judge"]["judged"] is False
+    assert res["metrics"]["task_success_rate"] == pytest.approx(2 / 4)  # judge-free metrics are all there
+    assert res["metrics"]["embedding_groundedness"] is not None and res["metrics"]["token_f1"] is not None
+
+
+@pytest.mark.parametrize("how", ["same-endpoint", "localhost-alias", "same-model", "same-model-from-env"])
+def test_a_judge_that_is_the_candidate_is_refused(tmp_path, quality_set, monkeypatch, capsys, how):
+    out = tmp_path / "q.json"
+    with FaultStub(responder=judge_aware(), models=(MODEL, JUDGE)) as stub, \
+            FaultStub(responder=judge_aware(), models=(MODEL, JUDGE)) as other:
+        flags = {"same-endpoint": ("--judge-endpoint", stub.url, "--judge-model", JUDGE),
+                 "localhost-alias": ("--judge-endpoint", stub.url.replace("127.0.0.1", "localhost"),
+                                     "--judge-model", JUDGE),
+                 "same-model": ("--judge-endpoint", other.url, "--judge-model", MODEL),
+                 "same-model-from-env": ()}[how]
+        if how == "same-model-from-env":
+            monkeypatch.setenv("TOLLGATE_JUDGE_ENDPOINT", other.url)
+            monkeypatch.setenv("TOLLGATE_JUDGE_MODEL", MODEL)
+        assert run(stub.url, quality_set, out, *flags) == 2
+        assert stub.requests <= 1 and other.requests == 0  # refused before any answer is asked for
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the candidate cannot judge itself" in err and not out.exists()
 
 
 @pytest.mark.parametrize("var", ["TOLLGATE_ENDPOINT", "OPENAI_BASE_URL"])

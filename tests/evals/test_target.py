@@ -28,11 +28,11 @@ def test_the_judge_reads_the_variable_the_eval_pods_get(no_keys: pytest.MonkeyPa
 
 @pytest.mark.parametrize(("env", "expected"), [
     ({}, "EMPTY"),
-    ({"OPENAI_API_KEY": "o"}, "o"),
-    ({"TOLLGATE_API_KEY": "t", "OPENAI_API_KEY": "o"}, "t"),
-    ({"TOLLGATE_JUDGE_API_KEY": "", "TOLLGATE_API_KEY": "t"}, "t"),
+    ({"OPENAI_API_KEY": "o"}, "EMPTY"),
+    ({"TOLLGATE_API_KEY": "t", "OPENAI_API_KEY": "o"}, "EMPTY"),
+    ({"TOLLGATE_JUDGE_API_KEY": "", "TOLLGATE_API_KEY": "t"}, "EMPTY"),
 ])
-def test_the_judge_falls_back_to_the_model_key(no_keys: pytest.MonkeyPatch, env: dict[str, str], expected: str) -> None:
+def test_the_judge_never_gets_the_model_key(no_keys: pytest.MonkeyPatch, env: dict[str, str], expected: str) -> None:
     for var, value in env.items():
         no_keys.setenv(var, value)
     assert target.judge_api_key() == expected

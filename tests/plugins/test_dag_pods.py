@@ -50,10 +50,11 @@ def test_same_graph_in_both_modes(kubernetes_dagbag):
 
 
 def pod_tasks(bag):
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    """(dag_id, the KubernetesPodOperator each pod task builds when it runs)."""
+    from tollgate.operators.kubernetes import KubernetesStepOperator
 
-    return [(dag_id, task) for dag_id, dag in sorted(bag.dags.items()) for task in dag.tasks
-            if isinstance(task, KubernetesPodOperator)]
+    return [(dag_id, task.pod_operator()) for dag_id, dag in sorted(bag.dags.items()) for task in dag.tasks
+            if isinstance(task, KubernetesStepOperator)]
 
 
 def test_dags_parse_in_kubernetes_mode(kubernetes_dagbag):

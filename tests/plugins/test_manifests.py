@@ -33,19 +33,23 @@ def test_argo_rollout_canary_rolls_back_on_the_projects_own_check():
     assert canary["canaryService"] == "orders-canary" and ("Service", "orders-canary") in docs
     assert canary["stableService"] == "orders-stable" and ("Service", "orders-stable") in docs
     weights = [s["setWeight"] for s in canary["steps"] if "setWeight" in s]
-    assert weights == sorted(weights) and weights[0] <= 10 and weights[-1] == 100
-    first_analysis = next(i for i, s in enumerate(canary["steps"]) if "analysis" in s)
-    assert first_analysis < canary["steps"].index({"setWeight": 30})  # judged before it gets more traffic
+    assert weights == [5, 25, 50]  # thresholds/canary-policy.yaml; the last pause ends at 100 (promoteFull)
+    assert all(s == {"pause": {}} for s in canary["steps"][1::2])  # model_promotion ends each pause
     check = docs[("AnalysisTemplate", "tollgate-canary-check")]["spec"]["metrics"][0]
-    job = check["provider"]["job"]["spec"]["template"]["spec"]["containers"][0]
-    assert job["command"] == ["python", "-m", "evals.canary"]
+    job_spec = check["provider"]["job"]["spec"]["template"]["spec"]
+    assert job_spec["serviceAccountName"] == "tollgate-canary" and ("ServiceAccount", "tollgate-canary") in docs
+    job = job_spec["containers"][0]
+    assert job["command"] == ["python", "-m", "canary.validate"]
     args = job["args"]
+    assert args[args.index("--deployment") + 1] == "orders-canary"
+    assert args[args.index("--namespace") + 1] == "tollgate"
     assert args[args.index("--duration") + 1] == "900"
     assert args[args.index("--quality-threshold") + 1] == "0.85"
     assert args[args.index("--error-rate-threshold") + 1] == "0.02"
     assert check["failureLimit"] == 0
     slo = {m["name"]: m for m in docs[("AnalysisTemplate", "tollgate-llm-slo")]["spec"]["metrics"]}
-    assert "0.02" in slo["error-rate"]["successCondition"] and "1.2" in slo["p95-latency"]["successCondition"]
+    assert "0.02" in slo["error-ratio"]["successCondition"] and "1.2" in slo["p95-latency"]["successCondition"]
+    assert all(m["successCondition"].startswith("len(result) > 0 && ") for m in slo.values())  # absent: Failed
     pod = rollout["spec"]["template"]["spec"]
     ctr = pod["containers"][0]
     assert ctr["securityContext"]["readOnlyRootFilesystem"] is True

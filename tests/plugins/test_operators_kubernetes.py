@@ -56,7 +56,7 @@ def stage_step() -> PodStep:
 
 def render(step: PodStep, **kwargs) -> k8s.V1Pod:
     op = pod_task(step, execution="kubernetes", target=TARGET, **kwargs)
-    return op.build_pod_request_obj(dry_run=True)
+    return op.pod_operator().build_pod_request_obj(dry_run=True)
 
 
 def container(pod: k8s.V1Pod) -> k8s.V1Container:
@@ -76,7 +76,9 @@ def test_factory_picks_the_backend_and_keeps_the_task_id(monkeypatch):
     local = pod_task(step)
     monkeypatch.delenv(c.EXECUTION_ENV)
     default = pod_task(step)
-    assert isinstance(remote, KubernetesPodOperator) and isinstance(remote, KubernetesStepOperator)
+    # The DAG holds the light operator; the KubernetesPodOperator exists only once it runs.
+    assert isinstance(remote, KubernetesStepOperator) and not isinstance(remote, KubernetesPodOperator)
+    assert isinstance(remote.pod_operator(), KubernetesPodOperator)
     assert isinstance(local, LocalPodOperator) and isinstance(default, LocalPodOperator)
     assert remote.task_id == local.task_id == default.task_id == "eval-quality"
     assert pod_task(step, task_id="quality", execution="kubernetes", target=TARGET).task_id == "quality"
@@ -89,7 +91,9 @@ def test_unknown_execution_mode_is_refused(monkeypatch):
 
 
 def test_production_settings_of_the_pod_operator():
-    op = pod_task(eval_step(), execution="kubernetes", target=TARGET, retries=2)
+    task = pod_task(eval_step(), execution="kubernetes", target=TARGET, retries=2)
+    assert task.retries == 2
+    op = task.pod_operator()
     assert op.startup_timeout_seconds >= 900
     assert op.schedule_timeout_seconds >= 900
     assert op.get_logs is True
@@ -97,7 +101,6 @@ def test_production_settings_of_the_pod_operator():
     assert op.do_xcom_push is False
     assert op.reattach_on_restart is True
     assert op.namespace == "tollgate-test"
-    assert op.retries == 2
 
 
 def test_xcom_sidecar_is_refused():
@@ -109,7 +112,7 @@ def test_target_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(c.K8S_NAMESPACE_ENV, "llmops")
     monkeypatch.setenv(c.K8S_CONN_ID_ENV, "k8s_prod")
     monkeypatch.setenv(c.K8S_IN_CLUSTER_ENV, "true")
-    op = pod_task(eval_step(), execution="kubernetes")
+    op = pod_task(eval_step(), execution="kubernetes").pod_operator()
     assert (op.namespace, op.kubernetes_conn_id, op.in_cluster) == ("llmops", "k8s_prod", True)
     monkeypatch.setenv(c.K8S_IN_CLUSTER_ENV, "maybe")
     with pytest.raises(TollgateError, match="TOLLGATE_K8S_IN_CLUSTER='maybe' must be one of"):

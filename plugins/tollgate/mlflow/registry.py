@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from evals.contract import MODEL_NAME_PATTERN, is_model_name, is_model_version
-from tollgate.exceptions import RegistryError
+from tollgate.exceptions import AliasConflict, RegistryError
 from tollgate.mlflow import audit
 from tollgate.mlflow.audit import AliasAuditRecord, format_alias_history
 from tollgate.mlflow.tracking import client, latest_results
@@ -53,6 +53,7 @@ TAG_GEN_PARAMS = "tollgate.generation_params"
 PROMPT_SUFFIX = ".prompt"  # prompts share the registered-model namespace, so they need their own name
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_ANY = object()  # move_alias(expect_from=...) not given: no comparison
 
 __all__ = [
     "ALIASES", "CHALLENGER", "CHAMPION", "STAGING", "AliasAuditRecord", "AliasMove", "PromptRef", "ServingConfig",
@@ -400,10 +401,14 @@ def move_alias(
     dag_id: str | None = None,
     dag_run_id: str | None = None,
     tracking_uri: str | None = None,
+    expect_from: str | None | object = _ANY,
 ) -> AliasMove:
     """Point ``alias`` at ``to_version``, writing the audit record first.
 
     A no-op (``changed=False``, nothing written) when the alias already points there.
+    ``expect_from`` (a version, or None for "unset") is where the caller saw the alias when
+    it decided; if the alias points anywhere else now, someone moved it meanwhile and
+    AliasConflict is raised with nothing written: a promotion never overwrites another.
     Raises RegistryError for an unknown alias or version, or a missing actor/reason.
     """
     from mlflow.exceptions import MlflowException
@@ -423,6 +428,9 @@ def move_alias(
     _settle_pending(c, model, alias, current)
     if current == to_version:
         return AliasMove(model=model, alias=alias, from_version=current, to_version=to_version, changed=False)
+    if expect_from is not _ANY and current != (None if expect_from is None else str(expect_from)):
+        raise AliasConflict(f"{model} alias {alias} points to {current or 'nothing'}, not {expect_from or 'nothing'} "
+                            f"as when this promotion decided: someone else moved it; refusing to overwrite")
     return _apply(c, model, alias, current, to_version, actor=actor, reason=reason,
                   evidence_run_id=evidence_run_id, action="move", rolls_back=None, dag_id=dag_id,
                   dag_run_id=dag_run_id)

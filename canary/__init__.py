@@ -1,0 +1,1 @@
+"""``python -m canary.validate``: the users' canary command, judged over Prometheus (evals.canary.validate)."""

@@ -1,0 +1,163 @@
+"""The request log's two halves: workers spool Parquet batches locally, the supervisor uploads them.
+
+A worker keeps rows in memory and writes them as Parquet files into the spool folder
+(``evals.requestlog`` layout, atomic rename) every ``flush_s`` or ``batch_rows``, in a thread
+so the event loop never waits on pyarrow. The supervisor's uploader moves every spooled file
+to the destination under the same relative key and deletes the local copy only after the
+store accepted it. While the store is down the files wait (``tollgate_gateway_request_log_spool_files``,
+``..._upload_errors_total``) and go up when it returns: a record is never dropped. On stop a
+worker writes what it holds; files left behind are uploaded by the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from evals import requestlog
+
+log = logging.getLogger("tollgate.gateway")
+
+
+class Spooler:
+    """Per worker: rows -> Parquet files in the spool folder."""
+
+    def __init__(self, spool_dir: Path, batch_rows: int, flush_s: float,
+                 on_spooled: Callable[[int], None] | None = None) -> None:
+        self.spool_dir = spool_dir
+        self.batch_rows = batch_rows
+        self.flush_s = flush_s
+        self.rows: list[dict[str, Any]] = []
+        self.on_spooled = on_spooled
+        self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Future[Any]] = set()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.batch_rows:
+            self.flush_soon()
+
+    def flush_soon(self) -> None:
+        if not self.rows:
+            return
+        rows, self.rows = self.rows, []
+        fut = asyncio.get_running_loop().run_in_executor(None, self._write, rows)
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            requestlog.write_table(rows, self.spool_dir)
+        except Exception:  # noqa: BLE001 - the disk is our last resort; say so loudly and keep the rows
+            log.exception("could not spool %d request-log rows to %s; keeping them in memory", len(rows),
+                          self.spool_dir)
+            self.rows[:0] = rows
+            return
+        if self.on_spooled is not None:
+            self.on_spooled(len(rows))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            self.flush_soon()
+
+    async def close(self) -> None:
+        self.flush_soon()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self.rows:  # the write failed: one last synchronous try
+            self._write(self.rows)
+
+
+def spooled_files(spool_dir: Path) -> list[Path]:
+    if not spool_dir.is_dir():
+        return []
+    return sorted(p for p in spool_dir.rglob("*.parquet") if not p.name.startswith("."))
+
+
+class Uploader:
+    """In the supervisor: spool -> destination (S3 or a folder), retried until it works."""
+
+    def __init__(self, spool_dir: Path, dest: str, interval_s: float,
+                 on_uploaded: Callable[[int], None] | None = None,
+                 on_error: Callable[[], None] | None = None,
+                 on_backlog: Callable[[int], None] | None = None) -> None:
+        self.spool_dir = spool_dir
+        self.root = requestlog.parse_root(dest)
+        self.interval_s = interval_s
+        self.on_uploaded, self.on_error, self.on_backlog = on_uploaded, on_error, on_backlog
+        self.stop = threading.Event()
+        self._client: Any = None
+        self.failures = 0
+
+    def _put(self, path: Path, rel: str) -> None:
+        data = path.read_bytes()
+        if self.root.is_s3:
+            if self._client is None:
+                from evals.weights.s3 import S3Timeouts, s3_client
+
+                self._client = s3_client(max_pool_connections=2,
+                                         timeouts=S3Timeouts(connect_s=2.0, read_s=10.0, max_attempts=2))
+            self._client.put_object(Bucket=self.root.bucket, Key=self.root.key(rel), Body=data,
+                                    ContentType="application/vnd.apache.parquet")
+        else:
+            requestlog.write_local(Path(self.root.prefix) / rel, data)
+
+    def upload_once(self) -> tuple[int, int]:
+        """Upload every spooled file; (files uploaded, files left)."""
+        import pyarrow.parquet as pq
+
+        files = spooled_files(self.spool_dir)
+        done = 0
+        for i, path in enumerate(files):
+            rel = path.relative_to(self.spool_dir).as_posix()
+            try:
+                rows = pq.read_metadata(path).num_rows
+                self._put(path, rel)
+            except Exception as exc:  # noqa: BLE001 - the store is down or refusing: keep the file, retry later
+                self.failures += 1
+                if self.on_error is not None:
+                    self.on_error()
+                log.warning("request-log upload of %s failed (%s); %d file(s) kept in %s", rel,
+                            type(exc).__name__, len(files) - i, self.spool_dir)
+                break
+            path.unlink(missing_ok=True)
+            done += 1
+            if self.on_uploaded is not None:
+                self.on_uploaded(rows)
+        left = len(files) - done
+        if self.on_backlog is not None:
+            self.on_backlog(left)
+        return done, left
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            self.upload_once()
+
+    def final(self, deadline_s: float = 5.0) -> None:
+        """On stop: one more pass (files that cannot go now stay for the next start)."""
+        import time
+
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            _, left = self.upload_once()
+            if left == 0:
+                return
+            time.sleep(0.2)
+
+
+def default_spool_dir() -> Path:
+    from evals import settings
+
+    return settings.home() / "gateway" / "spool"
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # prompts live here until uploaded
+    return path
