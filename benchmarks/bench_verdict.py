@@ -16,7 +16,9 @@ What is real and what is resampled:
 3. Broken models (the real answers, transformed): every answer replaced by the answer
    to another item (a model that answers the wrong question), by "I don't know.", or
    cut to its first word; re-scored by the suite's own scorers; which gates fail.
-4. Sensitivity (real answers, resampled items, seeded corruption): ``python -m
+4. Sensitivity (real answers, resampled items, seeded corruption), twice: on the greedy
+   runs (no run-to-run noise) and on three sampled runs (temperature 0.7, seeds 0-2: real
+   noise between runs of the same version). ``python -m
    evals.plan``'s paired n for task success at mde 0.02, power 0.95, alpha 0.05. Each
    trial draws that many items with replacement from the dataset (seeded), takes the
    champion's answers from run 0 and the candidate's from run ``1 + t mod N``, and
@@ -53,8 +55,25 @@ CORRUPTED = "[corrupted]"
 DROP = 0.02
 
 
-def record(out: Path, runs: int, vllm_url: str | None) -> None:
-    """Answer the quality dataset 1 + runs times with the real model (run 0: the champion's)."""
+NOISY_SEEDS = (0, 1, 2)
+NOISY_TEMPERATURE = 0.7
+
+
+def noisy_prompts(out: Path) -> Path:
+    """The same prompt set sampled at temperature 0.7: every seed answers a little differently."""
+    import yaml
+
+    doc = yaml.safe_load((REPO / "evals" / "prompts" / "quality.yaml").read_text())
+    doc["version"] = f"{doc.get('version')}-t{NOISY_TEMPERATURE}"
+    doc["params"]["temperature"] = NOISY_TEMPERATURE
+    path = out / "prompts-sampled.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def record(out: Path, runs: int, vllm_url: str | None, *, greedy: bool = True, sampled: bool = True) -> None:
+    """Answer the quality dataset with the real model: 1 + runs greedy runs (run 0: the champion's),
+    and one sampled run (temperature 0.7) per seed in NOISY_SEEDS."""
     from evals.launcher import ManagedServer, free_port, vllm_spec
 
     server = None
@@ -66,12 +85,15 @@ def record(out: Path, runs: int, vllm_url: str | None) -> None:
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_JUDGE_")}
         env["RAGAS_DO_NOT_TRACK"] = "true"
-        for i in range(runs + 1):
+        jobs = [(f"run-{i}.json", ()) for i in range(runs + 1)] if greedy else []
+        if sampled:
+            prompts = str(noisy_prompts(out))
+            jobs += [(f"sampled-{seed}.json", ("--prompts", prompts, "--seed", str(seed))) for seed in NOISY_SEEDS]
+        for name, extra in jobs:
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "evals.run", "--model", MODEL, "--suite", "quality", "--endpoint",
-                            f"{vllm_url}/v1", "--output", str(out / f"run-{i}.json")], cwd=REPO, env=env,
-                           check=True)
-            print(f"run {i}: {time.perf_counter() - started:.0f} s", flush=True)
+                            f"{vllm_url}/v1", *extra, "--output", str(out / name)], cwd=REPO, env=env, check=True)
+            print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
     finally:
         if server is not None:
             server.stop()
@@ -134,13 +156,15 @@ def broken_models(runs: list[dict[str, Any]], items: dict[str, dict[str, Any]]) 
 
 
 def _trial_results(ids: list[str], run: dict[str, float], corrupt: set[int]) -> dict[str, Any]:
-    samples = [{"id": f"{item}#{j}", "scores": {"task_success_rate": 0.0 if j in corrupt else run[item]},
-                "error": None} for j, item in enumerate(ids)]
-    mean = sum(s["scores"]["task_success_rate"] for s in samples) / len(samples)
+    values = [0.0 if j in corrupt else run[item] for j, item in enumerate(ids)]
+    samples = [{"id": f"{item}#{j}", "scores": {"task_success_rate": v}, "error": None}
+               for j, (item, v) in enumerate(zip(ids, values, strict=True))]
+    mean = sum(values) / len(values)
     return {"metrics": {"task_success_rate": mean}, "samples": samples, "meta": {}}
 
 
 def sensitivity(runs: list[dict[str, Any]], items: dict[str, dict[str, Any]], trials: int, n: int) -> dict[str, Any]:
+    """runs[0] is the champion's recording, runs[1:] the candidate's (cycled over the trials)."""
     import numpy as np
 
     for item in items.values():  # the corruption is a real failure by every scorer the dataset uses
@@ -153,7 +177,7 @@ def sensitivity(runs: list[dict[str, Any]], items: dict[str, dict[str, Any]], tr
     pool = sorted(set(champion).intersection(*candidates))
     k = round(DROP * n)
     caught = false_alarms = 0
-    observed = []
+    observed: list[float] = []
     for t in range(trials):
         rng = np.random.default_rng(1000 + t)
         ids = [pool[i] for i in rng.integers(0, len(pool), size=n)]
@@ -165,7 +189,7 @@ def sensitivity(runs: list[dict[str, Any]], items: dict[str, dict[str, Any]], tr
         control = gates.evaluate(only, _trial_results(ids, cand, set()), base).gates[0]
         caught += not hit.passed
         false_alarms += not control.passed
-        observed.append(hit.value)
+        observed.append(hit.value if hit.value is not None else float("nan"))
     return {"trials": trials, "n": n, "corrupted_per_trial": k, "caught": caught, "false_alarms": false_alarms,
             "gate": {"name": gate.name, "metric": gate.metric, "bound": gate.bound, "on": gate.on},
             "observed_drop_mean": -statistics.fmean(observed)}
@@ -201,6 +225,18 @@ def write_table(report: dict[str, Any], path: Path) -> None:
               f"| {se['trials']} | {se['n']} | {se['corrupted_per_trial']} | `{se['gate']['metric']}` min "
               f"{se['gate']['bound']:g} on {se['gate']['on']} | {se['caught']}/{se['trials']} | "
               f"{se['false_alarms']}/{se['trials']} |", ""]
+    if "sampled" in report:
+        sp, ss = report["sampled"]["plan"], report["sampled"]["sensitivity"]
+        lines += [f"With real run-to-run noise: the same version sampled at temperature {NOISY_TEMPERATURE} "
+                  f"(seeds {', '.join(map(str, NOISY_SEEDS))}; seed 0 is the champion's recording, the others the "
+                  f"candidate's; task success "
+                  f"{', '.join(f'{v:.3f}' for v in report['sampled']['task_success'])}). Discordance between two "
+                  f"runs {sp['discordance_noise']:.3f}, so the planner asks for paired n = {sp['paired_n']} "
+                  f"(unpaired {sp['unpaired_n']}).", "",
+                  "| trials | n per trial | corrupted per trial | caught | false alarms (no corruption) |",
+                  "|---|---|---|---|---|",
+                  f"| {ss['trials']} | {ss['n']} | {ss['corrupted_per_trial']} | {ss['caught']}/{ss['trials']} | "
+                  f"{ss['false_alarms']}/{ss['trials']} |", ""]
     path.write_text("\n".join(lines))
 
 
@@ -212,14 +248,16 @@ def main() -> int:
     parser.add_argument("--record-dir", type=Path, help="record into this folder (default: a new one under "
                         "$TOLLGATE_HOME/bench-verdict)")
     parser.add_argument("--vllm-url", help="reuse a running vLLM serving smollm2-orders:2")
+    parser.add_argument("--record-sampled", action="store_true", help="with --reuse: record only the sampled "
+                        "(temperature 0.7) runs into that folder")
     parser.add_argument("--table", type=Path, default=REPO / "benchmarks" / "VERDICT.md")
     args = parser.parse_args()
     if args.trials < 20:
         parser.error("--trials must be at least 20")
     out = args.reuse or args.record_dir or settings.home() / "bench-verdict" / time.strftime("%Y%m%dT%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    if args.reuse is None:
-        record(out, args.runs, args.vllm_url)
+    if args.reuse is None or args.record_sampled:
+        record(out, args.runs, args.vllm_url, greedy=args.reuse is None)
         print(f"recorded in {out}", flush=True)
     runs = load_runs(out)
     dataset = load_dataset(default_dataset("quality"), "quality")
@@ -234,6 +272,13 @@ def main() -> int:
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "items": len(items), "plan": pl,
               "stability": stability(runs), "broken": broken_models(runs, items),
               "sensitivity": sensitivity(runs, items, args.trials, pl["paired_n"]), "record_dir": str(out)}
+    sampled = [json.loads((out / f"sampled-{seed}.json").read_text()) for seed in NOISY_SEEDS
+               if (out / f"sampled-{seed}.json").is_file()]
+    if len(sampled) >= 2:
+        spl = plan("task_success_rate", DROP, 0.95, 0.05, [per_item(sampled[0], "task_success_rate"),
+                                                           per_item(sampled[1], "task_success_rate")])
+        report["sampled"] = {"plan": spl, "task_success": [r["metrics"]["task_success_rate"] for r in sampled],
+                             "sensitivity": sensitivity(sampled, items, args.trials, spl["paired_n"])}
     (out / "verdict.json").write_text(json.dumps(report, indent=2, default=str))
     write_table(report, args.table)
     print(args.table.read_text())

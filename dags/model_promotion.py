@@ -13,17 +13,16 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
-from evals.contract import MODEL_NAME_PATTERN, MODEL_VERSION_PATTERN, RunFolder
+from evals.contract import MODEL_NAME_PATTERN, MODEL_VERSION_PATTERN
 from tollgate import constants as c
 from tollgate import promotion as p
-from tollgate import settings
+from tollgate import rollout, settings
 from tollgate import tasks as shared
 from tollgate.approvals import DECISION_KEY, PromotionApproval
 from tollgate.exceptions import AliasConflict, GateFailed
 from tollgate.operators.factory import pod_task
 from tollgate.pipeline import Subject, build_evaluation
-from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation
-from tollgate.serving import ModelServer, serve_model, stop_model
+from tollgate.podspec import ModelVolume, PodStep, Resources
 
 DAG_ID = "model_promotion"
 SETTINGS = settings.current()
@@ -54,14 +53,25 @@ with DAG(
                                description="Registered version to promote"),
         "target_env": Param("staging", type="string", enum=["staging", "production"],
                             description="staging moves alias 'staging'; production moves 'champion'"),
+        "traffic": Param(None, type=["null", "number"], minimum=1,
+                         description="seconds each canary step holds its weight (empty: the canary policy's)"),
+        "override_staging": Param(False, type="boolean",
+                                  description="production without a recent staging pass (audited; needs a reason)"),
+        "override_reason": Param("", type="string", description="why production skips staging"),
     },
     user_defined_macros={"run_folder": p.run_folder},
     doc_md=__doc__,
 ) as dag:
 
     @task
-    def validate_request(params: dict | None = None) -> dict:
-        return p.validate_request(params["model_name"], str(params["model_version"]), params["target_env"])
+    def validate_request(params: dict | None = None, run_id: str | None = None, dag_run=None) -> dict:
+        request = p.validate_request(params["model_name"], str(params["model_version"]), params["target_env"])
+        if not request["already_promoted"]:  # production only after staging, or an audited override
+            request["environment_order"] = rollout.check_environment_order(
+                request, override=bool(params.get("override_staging")), override_reason=params.get("override_reason")
+                or "", actor=getattr(dag_run, "triggering_user_name", None) or "model_promotion", dag_id=DAG_ID,
+                dag_run_id=run_id)
+        return request
 
     @task.short_circuit(ignore_downstream_trigger_rules=True)
     def not_yet_promoted(request: dict) -> bool:
@@ -103,7 +113,7 @@ with DAG(
     )
     gates_ok >> approval
 
-    # -- canary: the candidate beside the champion, on replayed traffic ---------------------
+    # -- canary: the candidate takes live traffic behind the gateway, step by step (tollgate.rollout) --
     @task
     def canary_plan(request: dict) -> dict:
         if not request["champion_version"]:
@@ -118,26 +128,10 @@ with DAG(
               "--dest", c.MODEL_MOUNT_PATH),
         resources=Resources(cpu="2", memory="4Gi"), volume=ModelVolume.for_staging(),
     ), task_id="stage_stable", retries=2)
-    stable = ModelServer(model_name=NAME, model_version=CHAMPION)
-    candidate = ModelServer(model_name=NAME, model_version=VERSION)
-    serve_stable = serve_model(stable, task_id="serve_stable")
-    serve_canary = serve_model(candidate, task_id="serve_canary")
-    canary = pod_task(PodStep(
-        name="canary", command=("python", "-m", "evals.canary"),
-        args=("--deployment", f"{NAME}-canary", "--duration", CANARY_DURATION, "--model", f"{NAME}:{VERSION}",
-              "--stable-endpoint", "{{ ti.xcom_pull(task_ids='serve_stable') }}",
-              "--canary-endpoint", "{{ ti.xcom_pull(task_ids='serve_canary') }}",
-              # each arm answers with its own version's prompt and parameters
-              "--stable-config", "{{ ti.xcom_pull(task_ids='validate_request')['champion_config'] | tojson }}",
-              "--canary-config", "{{ ti.xcom_pull(task_ids='validate_request')['candidate_config'] | tojson }}",
-              "--threshold-file", CANARY_THRESHOLDS,
-              "--output", RunFolder(f"{c.RESULTS_MOUNT_PATH}/{FOLDER}").canary),
-        resources=Resources(cpu="1", memory="1Gi"), volume=ModelVolume.for_reading(),
-        results=ResultsLocation.on_volume(RunFolder(FOLDER).canary),
-    ), task_id="canary")
-    stop_stable = stop_model(stable, serve_task=serve_stable, task_id="stop_stable")
-    stop_canary = stop_model(candidate, serve_task=serve_canary, task_id="stop_canary")
-    plan >> stage_stable >> [serve_stable, serve_canary] >> canary >> [stop_stable, stop_canary]
+    canary = rollout.build_progressive_canary(model=NAME, version=VERSION, results_dir=FOLDER,
+                                              traffic="{{ params.traffic or '' }}", dag_id=DAG_ID,
+                                              gate_file=CANARY_THRESHOLDS)
+    plan >> stage_stable >> canary["deploy"]
 
     @task
     def promote(request: dict, evidence: dict, run_id: str | None = None, ti=None) -> dict:
@@ -168,7 +162,8 @@ with DAG(
         elif decision in ("rejected", "timed_out", "no_response"):
             outcome, why = decision, f"approval {decision}"
         else:
-            outcome, why = "rolled_back", "canary did not hold; the champion keeps serving"
+            aborted = ti.xcom_pull(task_ids="abort_canary", key=rollout.ABORT_KEY) or {}
+            outcome, why = "rolled_back", aborted.get("why") or "canary did not hold; the champion keeps serving"
         record = p.record_no_move(request["model_name"], request["model_version"], request["alias"],
                                   decision=outcome, actor=who, evidence_run_id=evidence.get("run_id"), why=why,
                                   dag_id=DAG_ID, dag_run_id=run_id)
@@ -177,6 +172,6 @@ with DAG(
         return record
 
     promoted = promote(request, evidence)
-    canary >> promoted
+    canary["rollout"] >> promoted
     done = finalize(request)
-    [promoted, stop_stable, stop_canary] >> done
+    [promoted, canary["abort"]] >> done

@@ -154,7 +154,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.events.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML ships no annotations
             raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} is not allowed in a threshold "
                                               "file (write each gate out)", event.start_mark)
         return super().compose_node(parent, index)
@@ -423,7 +423,7 @@ def _paired_evidence(gate: Gate, metrics: dict[str, Any], results: dict[str, Any
     if not cand or not champ:
         side = "candidate" if not cand else "champion"
         return None, f"the {side}'s results have no per-item {base_name}: the two cannot be paired; fails closed"
-    problem = _pairing_problem(results, baseline)
+    problem = _pairing_problem(results, baseline or {})
     if problem:
         return None, f"{problem}: fails closed"
     ids, a, b = paired.pair_by_id(cand, champ)

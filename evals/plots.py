@@ -82,7 +82,9 @@ def per_category(candidate: dict[str, Any], champion: dict[str, Any] | None, pat
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     width = 0.38
     for offset, data, label, color in ((-width / 2, cand, labels[0], CANDIDATE), (width / 2, champ, labels[1], CHAMPION)):
-        xs, means, errs = [], [], [[], []]
+        xs: list[float] = []
+        means: list[float] = []
+        errs: list[list[float]] = [[], []]
         for i, task in enumerate(tasks):
             values = data.get(task)
             if not values:

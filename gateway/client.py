@@ -33,7 +33,7 @@ class AdminClient:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers={
+        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers={  # noqa: S310 - http(s) base URL of the gateway
             "Authorization": f"Bearer {self._token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - the configured gateway

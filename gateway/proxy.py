@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import math
+import os
 import re
 import time
-import itertools
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -344,7 +344,8 @@ class Gateway:
         stream = bool(body.get("stream"))
         client_usage = False
         if stream:
-            opts = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+            raw_opts = body.get("stream_options")
+            opts: dict[str, Any] = raw_opts if isinstance(raw_opts, dict) else {}
             client_usage = bool(opts.get("include_usage"))
             body["stream_options"] = {**opts, "include_usage": True}
         meta = body.pop("metadata", None)

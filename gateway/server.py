@@ -28,10 +28,10 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -197,82 +197,90 @@ def _sig(path: Path) -> tuple[int, int] | None:
 # -- the admin API -------------------------------------------------------------------------------
 
 
-def admin_server(host: str, port: int, controller: Controller, token: str | None) -> Any:
-    import hmac
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+ADMIN_ROUTES = {("PUT", "/admin/canary"): "canary", ("PUT", "/admin/weight"): "weight",
+                ("DELETE", "/admin/canary"): "remove", ("PUT", "/admin/stable"): "stable"}
 
-    routes = {("PUT", "/admin/canary"): "canary", ("PUT", "/admin/weight"): "weight",
-              ("DELETE", "/admin/canary"): "remove", ("PUT", "/admin/stable"): "stable"}
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class AdminHandler(BaseHTTPRequestHandler):
+    """The admin API: bearer token first (constant-time compare), then one routing operation."""
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-            log.info("admin %s", format % args)
+    protocol_version = "HTTP/1.1"
+    controller: Controller
+    token: str | None
 
-        def _send(self, status: int, obj: Any) -> None:
-            data = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        log.info("admin %s", format % args)
 
-        def _authorized(self) -> bool:
-            auth = self.headers.get("Authorization", "")
-            given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-            if token is None:
-                self._send(503, {"error": {"message": "admin API disabled: TOLLGATE_GATEWAY_ADMIN_TOKEN is not set",
-                                           "type": "admin_disabled"}})
-                return False
-            if not given or not hmac.compare_digest(given.encode(), token.encode()):
-                self._send(401, {"error": {"message": "missing or wrong admin token (Authorization: Bearer ...)",
-                                           "type": "unauthorized"}})
-                return False
-            return True
+    def _send(self, status: int, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-        def _handle(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(min(length, 1 << 16)) if length else b""
-            if not self._authorized():
-                return
-            path = self.path.split("?", 1)[0]
-            if method == "GET" and path == "/admin/state":
-                self._send(200, controller.state.as_dict())
-                return
-            op = routes.get((method, path))
-            if op is None:
-                self._send(404, {"error": {"message": f"no admin route {method} {path}", "type": "not_found"}})
-                return
-            try:
-                body = json.loads(raw) if raw else {}
-            except json.JSONDecodeError as exc:
-                self._send(400, {"error": {"message": f"body is not valid JSON ({exc.msg})", "type": "invalid_json"}})
-                return
-            try:
-                state = controller.apply(op, body)
-            except BadInput as exc:
-                self._send(400, {"error": {"message": str(exc), "type": "invalid_request_error"}})
-                return
-            self._send(200, state.as_dict())
+    def _error(self, status: int, kind: str, message: str) -> None:
+        self._send(status, {"error": {"message": message, "type": kind}})
 
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            self._handle("GET")
+    def _authorized(self) -> bool:
+        import hmac
 
-        def do_PUT(self) -> None:  # noqa: N802
-            self._handle("PUT")
+        auth = self.headers.get("Authorization", "")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if self.token is None:
+            self._error(503, "admin_disabled", "admin API disabled: TOLLGATE_GATEWAY_ADMIN_TOKEN is not set")
+            return False
+        if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
+            self._error(401, "unauthorized", "missing or wrong admin token (Authorization: Bearer ...)")
+            return False
+        return True
 
-        def do_DELETE(self) -> None:  # noqa: N802
-            self._handle("DELETE")
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(min(length, 1 << 16)) if length else b""
+        if not self._authorized():
+            return
+        path = self.path.split("?", 1)[0]
+        if method == "GET" and path == "/admin/state":
+            self._send(200, self.controller.state.as_dict())
+            return
+        op = ADMIN_ROUTES.get((method, path))
+        if op is None:
+            self._error(404, "not_found", f"no admin route {method} {path}")
+            return
+        try:
+            body = json.loads(raw) if raw else {}
+        except json.JSONDecodeError as exc:
+            self._error(400, "invalid_json", f"body is not valid JSON ({exc.msg})")
+            return
+        try:
+            state = self.controller.apply(op, body)
+        except BadInput as exc:
+            self._error(400, "invalid_request_error", str(exc))
+            return
+        self._send(200, state.as_dict())
 
-        def do_POST(self) -> None:  # noqa: N802
-            self._handle("POST")
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        self._handle("GET")
 
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
+    def do_PUT(self) -> None:  # noqa: N802
+        self._handle("PUT")
 
-    return Server((host, port), Handler)
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+
+class _AdminServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def admin_server(host: str, port: int, controller: Controller, token: str | None) -> ThreadingHTTPServer:
+    handler = type("BoundAdminHandler", (AdminHandler,), {"controller": controller, "token": token})
+    return _AdminServer((host, port), handler)
 
 
 # -- the upstream poller ---------------------------------------------------------------------------
@@ -448,11 +456,7 @@ class _suppress:  # noqa: N801 - reads like contextlib.suppress, for the one err
         return exc[0] is ProcessLookupError
 
 
-def cli(argv: Sequence[str] | None = None) -> None:
+if __name__ == "__main__":
     from evals._cli import exit_with
 
-    exit_with(main, argv) if argv is not None else exit_with(main)
-
-
-if __name__ == "__main__":
-    cli(sys.argv[1:])
+    exit_with(main)

@@ -122,6 +122,7 @@ _CANARY_WEIGHT = flag_type(settings.number(float, minimum=0.1, maximum=0.5))  # 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.canary", description=__doc__.split("\n\n")[0])
     p.add_argument("--deployment", required=True, help="the canary deployment, NAME-canary")
+    p.add_argument("--namespace", help="Kubernetes namespace of the Services (NAME.NAMESPACE.svc.cluster.local)")
     p.add_argument("--duration", type=_POSITIVE_FLOAT, default=900.0, help="seconds to watch (default 900)")
     p.add_argument("--quality-threshold", type=_FRACTION, help="minimum canary quality (gate canary_quality)")
     p.add_argument("--error-rate-threshold", type=_FRACTION, help="maximum canary error rate (canary_error_rate)")
@@ -162,8 +163,12 @@ def resolve_endpoints(args: argparse.Namespace) -> tuple[str, str]:
             raise BadInput(f"--deployment {args.deployment!r}: without --stable-endpoint and --canary-endpoint "
                            "it must be NAME-canary (the Services NAME and NAME-canary are used)")
         base = args.deployment[: -len("-canary")]
-        stable = stable or f"http://{base}:{SERVICE_PORT}/v1"
-        canary = canary or f"http://{args.deployment}:{SERVICE_PORT}/v1"
+        ns = getattr(args, "namespace", None)
+        if ns is not None and not DEPLOYMENT.fullmatch(ns):
+            raise BadInput(f"--namespace {ns!r} is not a Kubernetes namespace name")
+        domain = f".{ns}.svc.cluster.local" if ns else ""
+        stable = stable or f"http://{base}{domain}:{SERVICE_PORT}/v1"
+        canary = canary or f"http://{args.deployment}{domain}:{SERVICE_PORT}/v1"
     return (_endpoint(stable, "--stable-endpoint"), _endpoint(canary, "--canary-endpoint"))
 
 

@@ -49,7 +49,9 @@ def gateway_spec(config: str | os.PathLike[str], *, port: int | None = None, adm
     return ServerSpec(name=name, argv=argv, port=port, health_path="/healthz",
                       port_env=settings.var_name(settings.Settings, "gateway_port"),
                       extra_ports=((admin_port, settings.var_name(settings.Settings, "gateway_admin_port")),),
-                      env=full_env, ready_timeout_s=30.0, cwd=str(settings.REPO_ROOT))
+                      env=full_env, ready_timeout_s=30.0, cwd=str(settings.REPO_ROOT),
+                      # scraped by the embedded Prometheus while it runs (evals.launcher.targets)
+                      scrape_job="tollgate-gateway")
 
 
 def admin_url(spec: ServerSpec) -> str:

@@ -87,7 +87,7 @@ class Plane:
             "TOLLGATE_GATEWAY_ADMIN_TOKEN)",
             f"  Prometheus:           {self.prometheus_url}   (alerts: {self.prometheus_url}/alerts)",
             f"  try it:               {self.curl()}",
-            f"  watch it:             curl -s {self.prometheus_url}/api/v1/query --data-urlencode '{expr}'",
+            f"  watch it:             curl -s {self.prometheus_url}/api/v1/query --data-urlencode 'query={expr}'",
             *([f"  request logs:         s3://{self.bucket}/request-logs/{self.model}/ (Parquet)"]
               if self.bucket else []),
         ])
@@ -138,9 +138,10 @@ class Plane:
     def request_log_keys(self) -> list[str]:
         if not self.bucket:
             return []
+        from evals.requestlog import LOG_DIR, model_dir_name
         from evals.weights.s3 import s3_client
 
-        prefix = f"request-logs/{self.model}/"
+        prefix = f"{LOG_DIR}/{model_dir_name(self.model)}/"
         keys: list[str] = []
         pages = s3_client(max_pool_connections=2).get_paginator("list_objects_v2")
         for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):

@@ -97,12 +97,14 @@ class FitResult:
 
 
 def read_examples(path: Path, flag: str) -> list[Example]:
-    """Training pairs from JSON lines ``{"id", "prompt", "answer"}`` (what evals.trainset writes)."""
+    """Pairs from JSON lines: ``{"id", "prompt", "answer"}`` (evals.trainset's train.jsonl) or a
+    quality-suite item ``{"id", "prompt", "reference"}`` (its held-out eval.jsonl)."""
     out = []
     for n, obj in inputs.json_lines(path, flag, expected='an object with "prompt" and "answer"'):
-        prompt, answer = obj.get("prompt"), obj.get("answer")
+        prompt, answer = obj.get("prompt"), obj.get("answer", obj.get("reference"))
         if not isinstance(prompt, str) or not prompt.strip() or not isinstance(answer, str) or not answer.strip():
-            raise BadInput(f"{flag} {path} line {n}: needs non-empty string fields 'prompt' and 'answer'")
+            raise BadInput(f"{flag} {path} line {n}: needs non-empty string fields 'prompt' and 'answer' "
+                           "(or 'reference')")
         out.append(Example(prompt=prompt, answer=answer, id=str(obj.get("id", n))))
     if not out:
         raise BadInput(f"{flag} {path}: no examples")

@@ -339,9 +339,13 @@ def promote(model: str, version: str, alias: str, *, approver: str, evidence_run
     reason = f"approved by {approver} in model_promotion"
     if canary:
         reason += f"; canary {canary.get('decision', 'passed')}"
-    checked = {} if expect_from is _UNCHECKED else {"expect_from": expect_from}
-    move = registry.move_alias(model, alias, version, actor=approver, reason=reason, evidence_run_id=evidence_run_id,
-                               dag_id=dag_id, dag_run_id=dag_run_id, **checked)
+    if expect_from is _UNCHECKED:
+        move = registry.move_alias(model, alias, version, actor=approver, reason=reason,
+                                   evidence_run_id=evidence_run_id, dag_id=dag_id, dag_run_id=dag_run_id)
+    else:
+        move = registry.move_alias(model, alias, version, actor=approver, reason=reason,
+                                   evidence_run_id=evidence_run_id, dag_id=dag_id, dag_run_id=dag_run_id,
+                                   expect_from=expect_from)
     log.info("alias %s of %s: %s -> %s (changed=%s)", alias, model, move.from_version, version, move.changed)
     return {"alias": alias, "from": move.from_version, "to": version, "changed": move.changed}
 

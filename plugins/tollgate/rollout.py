@@ -150,7 +150,7 @@ class CanaryStepOperator(BaseOperator):
                       "gateway's X-Tollgate-Arm header, Prometheus llm_requests_total{arm=\"canary\"})",
                       self.model_name, self.model_version, self.weight, self._hold(policy),
                       policy.analysis.interval_s)
-        return self._wait(policy, an.StepState(weight=self.weight, started=time.time()))
+        self._wait(policy, an.StepState(weight=self.weight, started=time.time()))
 
     def _wait(self, policy: CanaryRolloutPolicy, state: an.StepState) -> None:
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
@@ -186,7 +186,8 @@ class CanaryStepOperator(BaseOperator):
             context["ti"].xcom_push(key=ABORT_KEY, value=_json_safe(record))
             raise CanaryAborted(f"canary aborted at {self.weight} %: {action.reason}")
         if action.kind == "wait":
-            return self._wait(policy, action.state)  # type: ignore[func-returns-value]
+            self._wait(policy, action.state)  # raises TaskDeferred
+            raise AssertionError("defer() returned")  # pragma: no cover
         self.log.info("step %d %% passed after %d analyses: %s", self.weight, action.state.analyses, action.reason)
         return _json_safe({"weight": self.weight, "analyses": action.state.analyses, "reason": action.reason,
                            "elapsed_s": round(now - st.started, 1), "result": result.to_dict()})
@@ -412,11 +413,9 @@ def build_progressive_canary(*, model: str, version: str, results_dir: str, traf
 
     from evals.contract import RunFolder
     from tollgate import settings
-    from tollgate.operators.factory import pod_task
-    from tollgate.podspec import PodStep, Resources, ResultsLocation
-
     from tollgate.operators.base import execution_mode
-    from tollgate.podspec import ModelVolume
+    from tollgate.operators.factory import pod_task
+    from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation
 
     policy = load_rollout_policy()  # the weights are fixed at parse time; holds and bounds at run time
     reads = ModelVolume.for_reading() if execution_mode() is c.ExecutionMode.LOCAL else None

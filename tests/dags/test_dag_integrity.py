@@ -22,7 +22,8 @@ def dagbag():
 
 def test_every_dag_file_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"model_promotion", "model_evaluation", "nightly_eval", "drift_monitor", "retrain"}
+    assert set(dagbag.dag_ids) == {"model_promotion", "model_evaluation", "nightly_eval", "drift_monitor", "retrain",
+                                   "model_rollback"}
 
 
 @pytest.mark.parametrize("path", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)
@@ -54,7 +55,8 @@ def test_promotion_params_are_validated(dagbag) -> None:
     from airflow.sdk.definitions.param import ParamsDict
 
     params = dagbag.dags["model_promotion"].params
-    assert set(params.keys()) == {"model_name", "model_version", "target_env"}
+    assert set(params.keys()) == {"model_name", "model_version", "target_env", "traffic", "override_staging",
+                                  "override_reason"}
     good = {"model_name": "smollm2-orders", "model_version": "2", "target_env": "production"}
     ParamsDict({k: params.get_param(k) for k in params}).validate()
     for key, bad in [("model_name", "orders; rm -rf /"), ("model_name", "a/b"), ("model_name", "has space"),
@@ -69,7 +71,16 @@ def test_promotion_graph_order(dagbag) -> None:
     dag = dagbag.dags["model_promotion"]
     upstream = lambda tid: dag.get_task(tid).get_flat_relative_ids(upstream=True)  # noqa: E731
     assert {"gate_quality", "gate_safety", "gate_latency", "require_gates_passed"} <= upstream("approval")
-    assert "approval" in upstream("canary") and "canary" in upstream("promote")
+    # the progressive canary: one deferrable step per weight of the policy, in order, after the approval
+    steps = [t for t in dag.task_ids if t.startswith("canary_") and t[len("canary_"):].isdigit()]
+    assert [int(t.split("_")[1]) for t in steps] == [5, 25, 50, 100]
+    assert "approval" in upstream("deploy_candidate") and "deploy_candidate" in upstream(steps[0])
+    for before, after in zip(steps, steps[1:], strict=False):
+        assert before in upstream(after)
+    assert {"canary_100", "gate_canary", "full_rollout"} <= upstream("promote")
+    assert set(steps) | {"deploy_candidate", "gate_canary"} <= upstream("abort_canary")
+    assert dag.get_task("abort_canary").trigger_rule == "one_failed"
+    assert "full_rollout" in upstream("retire_previous")
     assert dag.get_task("stop_model").is_teardown and dag.get_task("serve_model").is_setup
     assert dag.get_task("approval").retries >= 1
     assert dag.get_task("record_evidence").trigger_rule == "all_done"

@@ -36,9 +36,12 @@ def test_quality_suite_against_smollm2(vllm_server, tmp_path):
     assert m["error_rate"] == 0.0 and 0.0 <= m["task_success_rate"] <= 1.0
     # the factual questions are easy enough for SmolLM2: "The capital of France is Paris."
     assert m["task_success_rate_factual"] > 0
-    # the embedded judge (SmolLM2 itself, constrained to the response schema) yields numbers, not errors
-    assert m["judge_error_rate"] <= 0.5 and m["groundedness_score"] is not None
-    assert m["hallucination_rate"] is not None and m["answer_relevancy"] is not None
+    # no independent judge here: the judge metrics say "not judged" (SmolLM2 never grades itself);
+    # the judge-free groundedness and text metrics are real numbers
+    for metric in ("groundedness_score", "hallucination_rate", "answer_relevancy", "judge_error_rate"):
+        assert m[metric] is None and "no independent judge" in res["not_judged"][metric]
+    assert 0.0 <= m["embedding_groundedness"] <= 1.0 and 0.0 <= m["token_f1"] <= 1.0
+    assert m["exact_match_rate"] is not None
     for s in samples:
         assert s["error"] is None and s["answer"]
         assert s["tokens"]["prompt"] > 0 and s["tokens"]["completion"] > 0 and s["latency_ms"] > 0
@@ -47,7 +50,7 @@ def test_quality_suite_against_smollm2(vllm_server, tmp_path):
     assert m["prompt_tokens_total"] == sum(s["tokens"]["prompt"] for s in samples)
     meta = res["meta"]
     assert meta["model"] == "smollm2-orders" and meta["version"] == "1"
-    assert meta["judge"]["model"] == vllm_server.model and meta["judge"]["output"] == "json_schema"
+    assert meta["judge"]["judged"] is False and len(meta["answers_key"]) == 64
     assert meta["prompts"]["params"]["order_normalization"]["temperature"] == 0.0
     verdict = gate_check(out, "thresholds/embedded/quality.yaml")
     assert verdict.returncode in (0, 1), verdict.stderr  # the gate engine accepts the file (2 would be bad input)

@@ -54,6 +54,10 @@ def _af(id: str, where: str, inject: str, holds: str, real: str = "Airflow api-s
     return Case(id, "airflow", where, inject, holds, real, module)
 
 
+def _gw(id: str, where: str, inject: str, holds: str, real: str = "gateway + fault stub upstream") -> Case:
+    return Case(id, "gateway", where, inject, holds, real, "test_gateway_cases")
+
+
 def _bi(id: str, where: str, inject: str, holds: str) -> Case:
     return Case(id, "bad_input", where, inject, holds, "-", "test_bad_input")
 
@@ -211,6 +215,20 @@ CASES: tuple[Case, ...] = (
         "exit 2 with one line naming the flag; no output written"),
     _bi("env-values", "TOLLGATE_* environment values", "a price `cheap`, a part size `x`, a negative limit",
         "exit 2 with one line naming the variable; no output written"),
+    # -- gateway, canary, drift -------------------------------------------------------------
+    _gw("gw-upstream-reset-mid-stream", "the gateway's stable upstream", "the connection closed after the first "
+        "token", "the client's stream ends with an `upstream_reset` error event, never `[DONE]`; the error is counted"),
+    _gw("gw-upstream-503", "the gateway's stable upstream", "HTTP 503", "passed on as 503 with the arm header; counted"),
+    _gw("gw-admin-bad-token", "the gateway's admin API", "a wrong bearer token on PUT /admin/weight",
+        "refused; the routing state is unchanged; the token is in no log"),
+    _gw("gw-s3-down-during-flush", "the gateway's request-log upload", "SeaweedFS unreachable (a forwarder switched "
+        "off) while requests are logged", "records spool locally and upload when S3 is back: none lost",
+        real="gateway + SeaweedFS"),
+    _gw("canary-prometheus-unreachable", "canary analysis (evals.canary.analysis)", "nothing listens at the "
+        "Prometheus URL", "Inconclusive (never Successful); past the policy's deadline a Failed analysis, then abort; "
+        "never the next step", real="the HTTP PromQL client"),
+    _gw("drift-corrupt-parquet", "python -m evals.drift --reference/--current", "files that are not Parquet",
+        "exit 2 naming the flag and the file; no results written", real="-"),
 )
 
 

@@ -44,6 +44,8 @@ class Api:
 @pytest.fixture(scope="module")
 def api(migrated_airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     from evals.launcher import ManagedServer, airflow_spec, free_port
+    from tollgate.airflow_api import AirflowApi  # noqa: F401 - initialise Airflow (its logging) in this process
+    # before the api-server writes its config into the shared AIRFLOW_HOME
 
     logs = tmp_path_factory.mktemp("airflow-faults-logs")
     home = migrated_airflow_db

@@ -130,7 +130,7 @@ def test_max_tokens_above_the_cap(gw) -> None:
 def test_admin_token_and_weight_bounds(gw) -> None:
     admin: AdminClient = gw["admin"]
     stubs = gw["stubs"]
-    before = admin.set_canary(stubs["canary"].base_url, "2", 0)
+    before = admin.set_canary(stubs["canary"].base_url, "2", 0, served_model=STUB_MODEL)
     assert before["canary"]["version"] == "2" and before["weight"] == 0
     for bad_token in ("", "wrong"):
         with pytest.raises(AdminError) as err:
@@ -151,7 +151,7 @@ def test_admin_token_and_weight_bounds(gw) -> None:
 def test_weight_change_reaches_every_worker_without_dropping_a_stream(gw) -> None:
     admin: AdminClient = gw["admin"]
     stubs = gw["stubs"]
-    admin.set_canary(stubs["canary"].base_url, "2", 0)
+    admin.set_canary(stubs["canary"].base_url, "2", 0, served_model=STUB_MODEL)
     stubs["stable_mode"].value = "slow_ttft"  # a stream whose words come after 2 s
     slow: dict = {}
     t = threading.Thread(target=lambda: slow.update(r=chat(gw["port"], user="u-slow", timeout=20)))
@@ -174,13 +174,13 @@ def test_weight_change_reaches_every_worker_without_dropping_a_stream(gw) -> Non
 def test_canary_failing_before_first_byte_falls_back_to_stable(gw) -> None:
     admin: AdminClient = gw["admin"]
     stubs = gw["stubs"]
-    admin.set_canary(stubs["canary"].base_url, "2", 100)
+    admin.set_canary(stubs["canary"].base_url, "2", 100, served_model=STUB_MODEL)
     before = metric_sum(gw["port"], "llm_fallback_total", arm="canary", version="2")
     stubs["canary_mode"].value = "http_500"
     r = chat(gw["port"], user="fb1")
     assert r.status == 200 and r.headers["x-tollgate-arm"] == "stable" and r.events[-1] == "[DONE]"
     dead = free_port()
-    admin.set_canary(f"http://127.0.0.1:{dead}", "3", 100)  # refused
+    admin.set_canary(f"http://127.0.0.1:{dead}", "3", 100, served_model=STUB_MODEL)  # refused
     r = chat(gw["port"], user="fb2", stream=False)
     assert r.status == 200 and r.headers["x-tollgate-arm"] == "stable"
     assert metric_sum(gw["port"], "llm_fallback_total", arm="canary", version="2") == before + 1

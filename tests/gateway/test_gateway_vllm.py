@@ -16,11 +16,16 @@ from evals import requestlog
 from evals.launcher import ManagedServer, free_port
 from evals.launcher.gateway import admin_url, gateway_spec, write_config
 from gateway.client import AdminClient
-from tests.gateway.helpers import call, chat, metric_sum, wait_for
+from tests.gateway import helpers
+from tests.gateway.helpers import call, metric_sum, wait_for
 
 pytestmark = pytest.mark.integration
 
 MODEL = "smollm2-orders"
+
+
+def chat(port: int, content: str = "hello", **kw: object) -> helpers.Reply:
+    return helpers.chat(port, content, model=MODEL, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

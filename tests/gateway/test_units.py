@@ -163,3 +163,32 @@ def test_feedback_parsing() -> None:
         with pytest.raises(Rejected) as err:
             _parse_feedback(_req(bad))
         assert err.value.status == 400 and (field is None or err.value.param == field)
+
+
+def test_spool_rows_convert_and_upload_to_a_folder(tmp_path) -> None:
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from evals import requestlog
+    from gateway.reqlog import Spooler, Uploader
+
+    spool, dest = tmp_path / "spool", tmp_path / "dest"
+    counts: dict[str, int] = {"spooled": 0, "uploaded": 0}
+
+    async def write() -> None:
+        sp = Spooler(spool, batch_rows=3, flush_s=60, on_spooled=lambda n: counts.__setitem__("spooled",
+                                                                                               counts["spooled"] + n))
+        for i in range(7):
+            sp.add({"kind": "request", "request_id": f"r{i}", "model": "m", "ts": datetime.now(UTC), "status": 200,
+                    "guardrail_hits": ["x"] if i == 0 else []})
+        await sp.close()
+
+    asyncio.run(write())
+    assert counts["spooled"] == 7 and len(list((spool / "rows").glob("*.jsonl"))) == 3
+    up = Uploader(spool, str(dest), 1.0, on_uploaded=lambda n: counts.__setitem__("uploaded", counts["uploaded"] + n))
+    assert up.upload_once()[1] == 0
+    assert counts["uploaded"] == 7 and not list((spool / "rows").glob("*.jsonl"))
+    now = datetime.now(UTC)
+    rows = requestlog.rows(requestlog.read_window(dest, now - timedelta(hours=1), now + timedelta(minutes=1)))
+    assert sorted(r["request_id"] for r in rows) == [f"r{i}" for i in range(7)]
+    assert next(r for r in rows if r["request_id"] == "r0")["guardrail_hits"] == ["x"]

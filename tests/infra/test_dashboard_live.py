@@ -23,6 +23,8 @@ from evals.launcher.gateway import gateway_spec, write_config
 from tests.fixtures.vllm import TEST_MODEL, TEST_MODEL_NAME, VllmEndpoint
 from tests.infra import dashboard_queries as dq
 
+pytestmark = pytest.mark.integration
+
 REQUESTS = 24
 
 

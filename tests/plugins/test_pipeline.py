@@ -35,3 +35,22 @@ def test_steps_use_the_run_folder_layout() -> None:
     gate = list(chain["gates"]["safety"].step.args)
     assert [gate[gate.index(flag) + 1] for flag in ("--results", "--baseline", "--output", "--report")] == [
         pod.results("safety"), pod.baseline("safety"), pod.verdict("safety"), pod.report("safety")]
+
+
+def test_the_independent_judge_reaches_the_eval_pods(monkeypatch) -> None:
+    monkeypatch.setenv("TOLLGATE_JUDGE_ENDPOINT", "https://judge.example/v1")
+    monkeypatch.setenv("TOLLGATE_JUDGE_MODEL", "big-judge-70b")
+    env = build()["evals"]["quality"].step.env
+    assert env["TOLLGATE_JUDGE_ENDPOINT"] == "https://judge.example/v1" and env["TOLLGATE_JUDGE_MODEL"] == "big-judge-70b"
+    monkeypatch.delenv("TOLLGATE_JUDGE_ENDPOINT")
+    monkeypatch.delenv("TOLLGATE_JUDGE_MODEL")
+    assert "TOLLGATE_JUDGE_ENDPOINT" not in build()["evals"]["quality"].step.env  # none: "not judged"
+
+
+def test_a_non_production_profile_also_reports_production_verdicts(monkeypatch) -> None:
+    monkeypatch.setenv("TOLLGATE_THRESHOLDS", "thresholds/embedded")
+    gate = list(build()["gates"]["quality"].step.args)
+    assert gate[gate.index("--threshold-file") + 1] == "thresholds/embedded/quality.yaml"
+    assert gate[gate.index("--production-threshold-file") + 1] == "thresholds/quality.yaml"
+    monkeypatch.setenv("TOLLGATE_THRESHOLDS", "thresholds")
+    assert "--production-threshold-file" not in build()["gates"]["quality"].step.args  # it is the deciding one

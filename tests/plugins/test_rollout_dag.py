@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from airflow.sdk import DAG, task
@@ -148,7 +149,7 @@ def test_a_healthy_canary_walks_every_step_then_rolls_out_and_retires(canary_env
                                     ("set_weight", 100), ("promote_canary",), ("remove", PREVIOUS)]
     step = xcom(run, "canary_10")
     assert step["weight"] == 10 and step["analyses"] >= 1 and step["result"]["phase"] == "Successful"
-    verdict = json.loads(open(xcom(run, "canary_verdict")).read())
+    verdict = json.loads(Path(xcom(run, "canary_verdict")).read_text())
     assert verdict["meta"]["weights"] == [10, 50, 100] and verdict["metrics"]["canary_error_rate"] == 0.0
     assert xcom(run, "retire_previous") == {"retired": "1"}
 

@@ -60,12 +60,17 @@ class EmbeddedDeployment:
 
         pod, af = settings.evals_settings(), settings.current()
         url = af.gateway_admin_url or f"http://127.0.0.1:{pod.gateway_admin_port}"
-        if not pod.gateway_admin_token:
-            raise DeploymentError("TOLLGATE_GATEWAY_ADMIN_TOKEN is not set: the canary cannot move the gateway")
+        token = pod.gateway_admin_token
+        kept = pod.home / "production" / "admin-token"  # the embedded production plane's (evals.launcher.production)
+        if not token and kept.is_file():
+            token = kept.read_text().strip()
+        if not token:
+            raise DeploymentError(f"TOLLGATE_GATEWAY_ADMIN_TOKEN is not set and {kept} does not exist: start the "
+                                  "production plane (./tollgate serve-production) first")
         kwargs.setdefault("state_dir", pod.home / "deploy")
         kwargs.setdefault("volumes_dir", pod.home / c.LOCAL_VOLUMES_DIR)
         kwargs.setdefault("claim", c.MODEL_PVC)
-        return cls(model, AdminClient(url, pod.gateway_admin_token), **kwargs)
+        return cls(model, AdminClient(url, token), **kwargs)
 
     # -- the slot file ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -95,9 +100,12 @@ class EmbeddedDeployment:
         server.start()
         try:
             server.wait_ready(timeout_s=min(spec.ready_timeout_s, self.ready_timeout_s))
-        except BaseException as exc:
+        except Exception as exc:  # noqa: BLE001 - CheckFailed, PortInUse, OSError: the slot is not up
             server.stop()
             raise DeploymentError(f"{self.model}:{version} did not become ready: {exc}") from None
+        except BaseException:  # interrupted: never leave the process behind
+            server.stop()
+            raise
         assert server.proc is not None
         log.info("%s:%s serving at %s (log %s)", self.model, version, spec.base_url, server.log_path)
         return {"version": version, "url": spec.base_url, "pgid": server.proc.pid, "pid_file": str(server.pid_path),

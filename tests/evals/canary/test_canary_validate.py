@@ -120,3 +120,13 @@ def test_cli_bad_input_exits_2_with_one_line(args, message):
     last = r.stderr.strip().splitlines()[-1]  # argparse prints its usage first
     assert r.returncode == 2 and message in last and last.startswith(("python -m canary.validate: error:",
                                                                        "canary.validate: error:")), r.stderr
+
+
+def test_replay_canary_takes_the_namespace_too():
+    from evals.canary.cli import build_parser, resolve_endpoints
+
+    args = build_parser().parse_args(["--deployment", "orders-canary", "--namespace", "ai-prod"])
+    assert resolve_endpoints(args) == ("http://orders.ai-prod.svc.cluster.local:8000/v1",
+                                       "http://orders-canary.ai-prod.svc.cluster.local:8000/v1")
+    args = build_parser().parse_args(["--deployment", "orders-canary"])
+    assert resolve_endpoints(args) == ("http://orders:8000/v1", "http://orders-canary:8000/v1")

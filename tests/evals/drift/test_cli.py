@@ -210,3 +210,18 @@ def test_entry_point_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     assert p.returncode == 2
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert lines == [f"evals.drift: error: --reference {str(tmp_path / 'a')!r}: no such folder or Parquet file"]
+
+
+def test_prompt_embedding_drift_through_the_cli(tmp_path: Path) -> None:
+    ref, cur = tmp_path / "ref.parquet", tmp_path / "cur.parquet"
+    pq.write_table(synthetic.window(300, seed=11, with_text=True), ref)
+    pq.write_table(synthetic.window(300, seed=12, with_text=True, shift=synthetic.Shift(new_language_share=0.3)), cur)
+    out = tmp_path / "d.json"
+    assert run_main(main, ["--reference", str(ref), "--current", str(cur), "--output", str(out),
+                           "--min-rows", "200"]) == 1
+    r = results(out)
+    assert "prompt_embedding_far_drift" in r["verdict"]["drifted"]
+    far = next(f for f in r["verdict"]["features"] if f["metric"] == "prompt_embedding_far_drift")
+    assert far["reference_size"] == 300 and far["current_size"] == 300 and far["threshold"] == 0.03
+    assert r["metrics"]["prompt_embedding_far_share"] > 0.2
+    assert r["metrics"]["current_rows"] == 300 and r["meta"]["min_rows"] == 200

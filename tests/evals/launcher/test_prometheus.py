@@ -19,6 +19,8 @@ from evals import promql, settings
 from evals.errors import BadInput
 from evals.launcher import ManagedServer, ServerSpec, free_port, prometheus, stop_all_recorded, targets
 
+pytestmark = pytest.mark.integration
+
 EXPORTER_TEXT = (
     "# TYPE llm_requests_total counter\n"
     'llm_requests_total{model="t",version="1",arm="stable",status="200"} 5\n'
