@@ -182,9 +182,8 @@ def _evidently_run(ref: Any, cur: Any, numeric: list[str], categorical: list[str
 
 def worker_evidently(path: str) -> dict[str, Any]:
     t_import = time.perf_counter()
-    import pandas as pd
-
     import evidently  # noqa: F401
+    import pandas as pd
     t_import = time.perf_counter() - t_import
     ref, cur = _load(path)
     t0 = time.perf_counter()
@@ -281,10 +280,10 @@ def part_speed(rows: int, tmp: Path, evidently_py: Path | None) -> dict[str, Any
 
 
 def part_checks(tmp: Path) -> dict[str, Any]:
+    import great_expectations  # noqa: F401 - import cost reported apart
+
     from evals.drift import checks, synthetic
     from evals.drift.source import Window
-
-    import great_expectations  # noqa: F401 - import cost reported apart
 
     table = synthetic.window(1_000_000, seed=21)
     w = Window("synthetic", table)

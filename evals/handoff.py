@@ -85,7 +85,7 @@ def pull(url: str, folder: Path, client: Any = None) -> Snapshot:
             body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"]
             tmp = target.with_name(f".{target.name}.part")
             with tmp.open("wb") as fh:
-                for chunk in iter(lambda: body.read(1 << 20), b""):
+                while chunk := body.read(1 << 20):
                     fh.write(chunk)
             os.replace(tmp, target)
     return snapshot(folder)
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         before = pull(args.prefix, args.dir)
-    except Exception as exc:  # any S3 failure: infrastructure, never a verdict
+    except Exception as exc:  # noqa: BLE001 - any S3 failure is infrastructure (exit 3), never a verdict
         print(f"error: evals.handoff: cannot pull {args.prefix}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_HANDOFF_FAILED
     log.info("pulled %d file(s) from %s into %s", len(before), args.prefix, args.dir)
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_HANDOFF_FAILED
     try:
         pushed = push(args.prefix, args.dir, before)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as for the pull: exit 3, the task retries
         print(f"error: evals.handoff: cannot push to {args.prefix}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_HANDOFF_FAILED
     log.info("pushed %d file(s) to %s; step exit code %d", len(pushed), args.prefix, code)

@@ -157,7 +157,7 @@ def targets(url: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> 
     """The active scrape targets (``/api/v1/targets``): job, instance, health, last error."""
     base = _base(url)
     try:
-        with urllib.request.urlopen(base + "/api/v1/targets?state=active", timeout=timeout_s) as resp:  # noqa: S310
+        with urllib.request.urlopen(base + "/api/v1/targets?state=active", timeout=timeout_s) as resp:  # noqa: S310 - http(s) checked in _base
             payload = json.loads(resp.read())
     except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
         raise PromQLError(f"Prometheus at {base}: targets unreadable: {getattr(exc, 'reason', exc)}") from None

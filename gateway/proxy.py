@@ -225,7 +225,6 @@ class Gateway:
         self.pools: dict[str, Pool] = {}
         self._gen = -1
         self.state = RoutingState.from_config(cfg)
-        self.recent: dict[str, tuple[str, str]] = {}  # request id -> (version, arm), for feedback labels
         self.draining = False
         self.in_flight = 0
 
@@ -489,11 +488,7 @@ class Gateway:
             self.spooler.add(row)
 
     def _remember(self, rid: str, version: str, arm: str) -> None:
-        self.recent[rid] = (version, arm)
-        if len(self.recent) > 50_000:
-            for old in list(self.recent)[:10_000]:
-                del self.recent[old]
-        self.shared.remember(rid, version, arm)
+        self.shared.remember(rid, version, arm)  # a fixed-size ring in shared memory: every worker can recall
 
     # -- feedback -------------------------------------------------------------------------
     def feedback(self, req: Request, client: ClientConnection) -> None:
@@ -503,7 +498,7 @@ class Gateway:
             client.respond(req, exc.status, error_body(str(exc), exc.kind, exc.code, exc.param))
             return
         rid = fb["request_id"]
-        version, arm = self.recent.get(rid) or self.shared.recall(rid) or ("unknown", "unknown")
+        version, arm = self.shared.recall(rid) or ("unknown", "unknown")
         score = fb.get("feedback_score")
         if score is not None:
             m.arm_metrics(self.cfg.model, version, arm).quality.observe(score)

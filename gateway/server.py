@@ -80,6 +80,10 @@ async def _serve(cfg: GatewayConfig, shared: Shared, host: str, port: int, spool
     server = await loop.create_server(lambda: ClientConnection(gw, max_body), sock=_listen(host, port),
                                       backlog=2048)
     flusher = loop.create_task(spooler.run()) if spooler else None
+    import gc
+
+    gc.collect()
+    gc.freeze()  # start-up objects (policy regexes, modules) leave the collector's scans: fewer long pauses
     await stop.wait()
     server.close()
     gw.draining = True

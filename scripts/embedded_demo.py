@@ -43,6 +43,7 @@ from evals.launcher.production import start_plane, wait_plane  # noqa: E402
 log = logging.getLogger("tollgate.demo")
 MODEL = "smollm2-orders"
 BUCKET = settings.current().s3_bucket
+CANARY_TRAFFIC_S = 1800  # the live traffic the canary after an approval judges (bounded; ./tollgate stop ends it)
 # The embedded default: a 135M model on 2 CPU cores. These shrink the work, not the rules:
 # the gates are the documented embedded profile (thresholds/embedded/), never the production files.
 EMBEDDED_ENV = {
@@ -159,16 +160,22 @@ def main() -> int:
                 failed = evidence.get("failed_gates") or []
                 log.info("model_evaluation %s (%s): %s%s", run["dag_run_id"], json.dumps(run.get("conf")),
                          done["state"], f"; failed or undecided gates: {', '.join(failed)}" if failed else "")
-                if any(g.startswith("quality/regression") or g.endswith("_vs_champion") for g in failed):
-                    log.info("(a version's first nightly has no earlier results to compare with: the regression "
-                             "and speed-vs-champion gates fail closed and the nightly alerts; the next nightly "
-                             "compares with this one, and the promotion below compares with it)")
-        promo = api.trigger("model_promotion", {"model_name": MODEL, "model_version": "2",
-                                                "target_env": "production"})
+                if not failed:
+                    log.info("(the champion's first nightly has no earlier results to compare with: its regression "
+                             "and speed-vs-champion gates record \"baseline established\"; the next nightly "
+                             "compares with this one, and the promotion below is paired with its answers)")
+        promo = api.trigger("model_promotion", {
+            "model_name": MODEL, "model_version": "2", "target_env": "production",
+            # audited: a real rollout promotes to staging first (model_promotion refuses production otherwise)
+            "override_staging": True, "override_reason": "embedded demo: v2 goes straight to production"})
         log.info("triggered model_promotion (%s) for %s:2 -> production", promo, MODEL)
         pending = api.wait_for_approval("model_promotion", promo, args.timeout)
         plane.stop_traffic()
         production = plane.check()
+        # The canary after ./tollgate approve judges live traffic: a bounded trickle keeps running past
+        # this script's exit (its own process group and pid file: ./tollgate stop ends it).
+        plane.start_traffic(rate=settings.current().demo_traffic_rate, duration_s=CANARY_TRAFFIC_S)
+        plane.traffic = None  # not stopped on exit: the canary needs it
         ok = True
         base = airflow.spec.base_url
         print(f"""
@@ -177,6 +184,8 @@ def main() -> int:
   login:         approver / {passwords['approver']}   (admin / {passwords['admin']} sees everything;
                  passwords live in {settings.home() / 'airflow' / 'passwords.json'})
   approve from the terminal:   ./tollgate approve          (reject: ./tollgate approve --reject)
+  after approval: the canary steps 5 -> 25 -> 50 -> 100 % on live traffic (README "Watching the canary";
+                 the canary_* tasks' logs); roll back any time: ./tollgate rollback {MODEL} --reason "..."
   subject:       {pending.subject}
   MLflow UI:     {mlflow.spec.base_url}
   S3 (SeaweedFS): {s3.spec.base_url}  bucket {BUCKET}

@@ -100,6 +100,12 @@ def render(folder: Path) -> list[dict[str, Any]]:
     for res in k.get("resources") or []:
         path = (folder / res).resolve()
         docs += render(path) if path.is_dir() else _load(path)
+    _patch(docs, k, folder, kfile)
+    _transform(docs, k)
+    return docs
+
+
+def _patch(docs: list[dict[str, Any]], k: dict[str, Any], folder: Path, kfile: Path) -> None:
     for patch in k.get("patches") or []:
         target = patch.get("target") or {}
         ops = yaml.safe_load((folder / patch["path"]).read_text())
@@ -109,6 +115,10 @@ def render(folder: Path) -> list[dict[str, Any]]:
         for doc in hits:
             for op in ops:
                 _apply_op(doc, op, f"{kfile}: patch {patch['path']}")
+
+
+def _transform(docs: list[dict[str, Any]], k: dict[str, Any]) -> None:
+    """namespace, labels, images and ServiceAccount subjects, on every object."""
     for doc in docs:
         meta = doc.setdefault("metadata", {})
         if k.get("namespace") and doc["kind"] not in CLUSTER_SCOPED:
@@ -122,7 +132,6 @@ def render(folder: Path) -> list[dict[str, Any]]:
             for subject in doc.get("subjects") or []:
                 if subject.get("kind") == "ServiceAccount":
                     subject["namespace"] = k["namespace"]
-    return docs
 
 
 def main(argv: list[str]) -> int:

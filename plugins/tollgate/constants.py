@@ -53,7 +53,7 @@ DEFAULT_IMAGE = "ghcr.io/tollgate-llmops/tollgate-evals:0.1.0"
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 
 # -- the model volume --------------------------------------------------------------------
-MODEL_PVC = "tollgate-models"  # ReadWriteMany claim, infra/k8s/model-pvc.yaml
+MODEL_PVC = "tollgate-models"  # ReadWriteMany claim, infra/k8s/base/model-pvc.yaml
 MODEL_MOUNT_PATH = "/models"  # weights: read-write for staging, read-only otherwise
 RESULTS_MOUNT_PATH = "/results"  # the same claim's results/ folder, always writable
 RESULTS_SUBPATH = "results"

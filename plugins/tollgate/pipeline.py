@@ -113,7 +113,7 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
     # The run folder: on the claim locally; in kubernetes mode the pods pull/push it via S3
     # (evals.handoff) and mount no claim at all; only staging (writes) and serving (reads) do.
     reads = ModelVolume.for_reading() if execution_mode() is c.ExecutionMode.LOCAL else None
-    handoff = {"handoff": subject.results_dir, "volume": reads}
+    folder = subject.results_dir
 
     stage = pod_task(PodStep(
         name="stage-weights",
@@ -141,7 +141,7 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
             env={"RAGAS_DO_NOT_TRACK": "true", **s3_plain, **judge_env()},
             secret_env=(SecretEnv(JUDGE_API_KEY_ENV, secret=JUDGE_SECRET_NAME, key="api-key", optional=True),
                         *s3_secrets),
-            resources=client, **handoff,
+            resources=client, handoff=folder, volume=reads,
             results=ResultsLocation.on_volume(volume.results(suite)),
         ), task_id=f"eval_{suite}", retries=1)
     evals["latency"] = pod_task(PodStep(
@@ -150,7 +150,7 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
         args=("--model", ref, "--endpoint", endpoint, "--concurrent-users", settings.concurrent_users,
               "--duration", settings.duration_s, "--output", pod.results("latency")),
         env=s3_plain, secret_env=s3_secrets,
-        resources=Resources(cpu="4", memory="4Gi"), **handoff,
+        resources=Resources(cpu="4", memory="4Gi"), handoff=folder, volume=reads,
         results=ResultsLocation.on_volume(volume.results("latency")),
     ), task_id="benchmark_latency", retries=1)
 
@@ -168,7 +168,7 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
                   "--output", pod.verdict(suite),
                   "--report", pod.report(suite)),
             env=s3_plain, secret_env=s3_secrets,
-            resources=Resources(cpu="500m", memory="512Mi"), **handoff,
+            resources=Resources(cpu="500m", memory="512Mi"), handoff=folder, volume=reads,
             results=ResultsLocation.on_volume(volume.verdict(suite)),
         ), task_id=f"gate_{suite}")
 

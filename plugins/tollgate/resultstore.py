@@ -44,11 +44,11 @@ def synced(results_dir: str, *, pull: bool = False, push: bool = False) -> Itera
     if prefix and pull:
         try:
             before = handoff.pull(prefix, local)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - botocore's many errors: one message naming the prefix
             raise TollgateError(f"cannot read run folder {prefix}: {type(exc).__name__}: {exc}") from None
     yield local
     if prefix and push:
         try:
             handoff.push(prefix, local, before)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as above
             raise TollgateError(f"cannot write run folder {prefix}: {type(exc).__name__}: {exc}") from None

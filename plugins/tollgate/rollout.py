@@ -53,10 +53,17 @@ class CanaryAborted(TollgateError):
 
 
 def policy_path() -> Path:
+    """TOLLGATE_CANARY_POLICY, else ``$TOLLGATE_THRESHOLDS/canary-policy.yaml``; a thresholds folder
+    without one (a test's own gate folder) gets the production policy, the strict side."""
     from tollgate import settings
 
-    p = Path(settings.current().canary_policy)
-    return p if p.is_absolute() else c.REPO_ROOT / p
+    s = settings.current()
+    p = Path(s.canary_policy)
+    p = p if p.is_absolute() else c.REPO_ROOT / p
+    if not s.canary_policy_file and not p.is_file():
+        log.info("no %s: the canary runs the production policy thresholds/canary-policy.yaml", p)
+        return c.REPO_ROOT / "thresholds" / "canary-policy.yaml"
+    return p
 
 
 def load_rollout_policy(traffic_s: float | None = None) -> CanaryRolloutPolicy:
@@ -248,15 +255,26 @@ def deploy_candidate(request: dict[str, Any]) -> dict[str, Any]:
                     st.stable.version if st.stable else "nothing", champion)
         dep.deploy(STABLE, str(champion))
     slot = dep.deploy(CANARY, version)
-    return {"canary": asdict(slot), "state": dep.state().to_dict()}
+    return {"canary": asdict(slot), "state": dep.state().to_dict(), "deployed_at": time.time()}
 
 
-def write_verdict(results_dir: str, model: str, version: str, steps: list[dict[str, Any] | None]) -> str:
-    """The canary verdict file (``RunFolder.canary``): the last analysis that compared both arms.
+def final_analysis(model: str, deployed_at: float, *, namespace: str | None = None) -> dict[str, Any]:
+    """Both arms over the canary's whole life (deploy to now): the numbers the verdict file carries."""
+    policy = load_rollout_policy()
+    window = max(policy.analysis.interval_s, time.time() - deployed_at)
+    result = an.analyse(policy, query_for(), model=model, weight=50, window_s=window, namespace=namespace,
+                        scores=scores_for(policy, model))
+    return dict(_json_safe(result.to_dict()))
 
-    The last step serves everyone from the candidate, so its analysis has no stable arm; the
-    verdict is the final analysis of the step before it, judged by evals.gate_check with
-    the canary gate file (metric names of thresholds/canary.yaml).
+
+def write_verdict(results_dir: str, model: str, version: str, steps: list[dict[str, Any] | None],
+                  final: dict[str, Any] | None = None) -> str:
+    """The canary verdict file (``RunFolder.canary``), judged by evals.gate_check with the canary gate file.
+
+    Its metrics (the names of thresholds/canary.yaml) are ``final``: both arms over the whole
+    canary, from the deploy to the end of the last step, so the sample counts are the
+    canary's, not one analysis window's. Without it, the last analysis that compared both
+    arms (the step before 100 %, where stable still served).
     """
     from evals.contract import RunFolder
     from evals.results import build_meta, utc_now, write_results
@@ -265,7 +283,7 @@ def write_verdict(results_dir: str, model: str, version: str, steps: list[dict[s
     compared = [s for s in steps if s and s.get("weight", 100) < 100] or [s for s in steps if s]
     if not compared:
         raise TollgateError("no canary step finished: no verdict")
-    last = compared[-1]
+    last = {"result": final} if final else compared[-1]
     metrics = {k: (math.nan if v is None else v) for k, v in (last["result"].get("metrics") or {}).items()}
     policy = load_rollout_policy()
     with resultstore.synced(results_dir, push=True) as folder:
@@ -431,7 +449,10 @@ def build_progressive_canary(*, model: str, version: str, results_dir: str, traf
     def verdict(ti: Any = None) -> str:
         r = ti.xcom_pull(task_ids=request_task_id)
         results = [ti.xcom_pull(task_ids=s.task_id) for s in steps]
-        return write_verdict(_rendered_folder(ti, results_dir), r["model_name"], r["model_version"], results)
+        deployed = ti.xcom_pull(task_ids="deploy_candidate") or {}
+        final = final_analysis(r["model_name"], float(deployed["deployed_at"]), namespace=namespace) \
+            if deployed.get("deployed_at") else None
+        return write_verdict(_rendered_folder(ti, results_dir), r["model_name"], r["model_version"], results, final)
 
     in_pod = RunFolder(f"{c.RESULTS_MOUNT_PATH}/{results_dir}")
     gate = pod_task(PodStep(

@@ -43,6 +43,8 @@ def _known(run_id: str | None) -> str:
 
 def request_folder(dag_id: str, run_id: str, request: dict[str, Any]) -> str:
     """The run folder of one DAG run's files about the requested version."""
+    if not request:  # record_evidence runs ALL_DONE: say why there is nothing, not a TypeError
+        raise TollgateError("no request: the request was refused upstream (validate_request), nothing was evaluated")
     return promotion.run_folder(dag_id, run_id, request["model_name"], request["model_version"])
 
 

@@ -34,7 +34,7 @@ PROMOTION_GATES = {
     "quality.yaml": """
 gates:
   task_success: {metric: task_success_rate, min: 0.40}
-  token_f1: {metric: token_f1, min: 0.25}
+  token_f1: {metric: token_f1, min: 0.10}
   groundedness: {metric: embedding_groundedness, min: 0.30}
   errors: {metric: error_rate, max: 0.05}
   regression: {metric: task_success_rate_delta_vs_baseline, min: 0.0, on: ci_upper, mde: 0.02}
@@ -85,7 +85,7 @@ def _prompt(version: str, *, few_shot: bool, temperature: float) -> tuple[str, d
 
 @contextmanager
 def embedded_stack(model: str, versions: dict[str, tuple[bool, float]], gates: dict[str, str], *, s3_server,
-                   mlflow_server, tmp_path_factory) -> Iterator[Stack]:
+                   mlflow_server, tmp_path_factory, production_plane: bool = False) -> Iterator[Stack]:
     """Publish and register ``versions`` ({version: (few_shot, temperature)}) of ``model``,
     make the first the champion (an audited bootstrap), write ``gates`` as the threshold
     folder, and serve Airflow's REST API over the session's metadata DB."""
@@ -116,6 +116,8 @@ def embedded_stack(model: str, versions: dict[str, tuple[bool, float]], gates: d
         "TOLLGATE_CANARY_DURATION": "600",  # a cap: the replay ends when its sample is sent
         "TOLLGATE_APPROVERS": "approver",
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        # the progressive canary after an approval: the embedded profile (short steps, small samples)
+        "TOLLGATE_CANARY_POLICY": str(REPO_ROOT / "thresholds" / "embedded" / "canary-policy.yaml"),
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -133,16 +135,59 @@ def embedded_stack(model: str, versions: dict[str, tuple[bool, float]], gates: d
 
     airflow_home = Path(os.environ["AIRFLOW_HOME"])
     spec = airflow_spec(free_port(), home=airflow_home, name="airflow-api-test", users=USERS, api_server_only=True)
+    plane_servers: list = []
     try:
+        if production_plane:  # the champion behind the gateway, Prometheus, live traffic: what the canary judges
+            _start_production_plane(model, next(iter(versions)), s3_server, model_dir, plane_servers)
         with ManagedServer(spec, log_dir=home / "logs"):
             passwords = json.loads((airflow_home / "passwords.json").read_text())
             yield Stack(model, spec.base_url, passwords, home)
     finally:
+        _stop_production_plane(home / "deploy" / f"{model}.json", plane_servers)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _start_production_plane(model: str, version: str, s3_server, model_dir: Path, started: list) -> None:
+    """evals.launcher.production's plane for ``model:version`` plus a bounded traffic trickle; env for the DAG."""
+    import secrets
+
+    from evals.launcher import free_port
+    from evals.launcher.production import start_plane
+
+    admin_port = free_port()
+    os.environ.update({"TOLLGATE_GATEWAY_ADMIN_TOKEN": secrets.token_urlsafe(16),
+                       "TOLLGATE_GATEWAY_ADMIN_URL": f"http://127.0.0.1:{admin_port}",
+                       "TOLLGATE_DEPLOY_TARGET": "embedded"})
+    plane = start_plane(model=model, version=version, s3_env=s3_server.env(), bucket=s3_server.bucket,
+                        started=started, model_dir=model_dir,
+                        ports={"gateway": free_port(), "gateway_admin": admin_port, "prometheus": free_port(),
+                               "vllm": free_port()})
+    os.environ["TOLLGATE_PROMETHEUS_URL"] = plane.prometheus_url
+    plane.start_traffic(rate=1.5, duration_s=1800, max_tokens=8)
+    started.append(plane)
+
+
+def _stop_production_plane(slots_file: Path, started: list) -> None:
+    """The slots the canary's deployment started, then the plane (traffic, gateway, vLLM, Prometheus)."""
+    from evals.launcher import stop_process_group
+    from evals.launcher.production import Plane
+
+    if slots_file.is_file():
+        for record in json.loads(slots_file.read_text()).values():
+            if record.get("pgid") and record.get("pid_file") and Path(record["pid_file"]).is_file():
+                stop_process_group(int(record["pgid"]), name=f"slot {record.get('version')}")
+    for srv in reversed(started):
+        if isinstance(srv, Plane):
+            srv.stop_traffic()
+        else:
+            srv.stop()
+    for key in ("TOLLGATE_GATEWAY_ADMIN_TOKEN", "TOLLGATE_GATEWAY_ADMIN_URL", "TOLLGATE_DEPLOY_TARGET",
+                "TOLLGATE_PROMETHEUS_URL"):
+        os.environ.pop(key, None)
 
 
 def load_dag(dag_id: str):
@@ -217,7 +262,10 @@ def run_promotion(stack: Stack, version: str, answer: str | None, *, intruder_fi
         thread.start()
     dag = load_dag("model_promotion")
     try:
-        dr = dag.test(run_conf={"model_name": stack.model, "model_version": version, "target_env": target_env})
+        conf = {"model_name": stack.model, "model_version": version, "target_env": target_env}
+        if target_env == "production":  # the order of environments has its own tests (tests/plugins/test_rollout_records.py)
+            conf.update(override_staging=True, override_reason="e2e: straight to production (audited)")
+        dr = dag.test(run_conf=conf)
     finally:
         run_over.set()
     if thread is not None:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.dags.promotion_stack import Stack, embedded_stack, load_dag, run_promotion
+from tests.fixtures.airflow import REPO_ROOT
 from tests.fixtures.traffic_rows import traffic
 from tests.plugins.airflow_run import task_states, xcom
 
@@ -38,6 +39,8 @@ GATES = {
                    "  errors: {metric: error_rate, max: 0.05}\n",
     "latency.yaml": "gates:\n  errors: {metric: error_rate, max: 0.01}\n",
     "canary.yaml": "gates:\n  error_rate: {metric: canary_error_rate, max: 0.02}\n",
+    # model_promotion reads its canary rollout policy from the same folder when it is parsed
+    "canary-policy.yaml": (REPO_ROOT / "thresholds" / "embedded" / "canary-policy.yaml").read_text(),
 }
 
 

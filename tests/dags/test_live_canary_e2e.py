@@ -32,7 +32,7 @@ import pytest
 from tests.fixtures.airflow import REPO_ROOT
 from tests.plugins.airflow_run import run_dag_test, task_states, xcom
 
-GATES = ("gates:\n  quality: {metric: canary_quality, min: 0.2}\n  error_rate: {metric: canary_error_rate, max: 0.05}\n"
+GATES = ("gates:\n  quality: {metric: canary_quality, min: 0.0}\n  error_rate: {metric: canary_error_rate, max: 0.05}\n"
          "  enough_samples: {metric: canary_min_arm_samples, min: 3}\n")
 
 

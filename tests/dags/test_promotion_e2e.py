@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 def stack(s3_server, mlflow_server, migrated_airflow_db, tmp_path_factory) -> Iterator[Stack]:
     versions = {"1": (False, 0.7), "2": (True, 0.0)}  # v1 zero-shot at 0.7; v2 few-shot at 0
     with embedded_stack("smollm2-orders", versions, PROMOTION_GATES, s3_server=s3_server,
-                        mlflow_server=mlflow_server, tmp_path_factory=tmp_path_factory) as built:
+                        mlflow_server=mlflow_server, tmp_path_factory=tmp_path_factory, production_plane=True) as built:
         yield built
 
 
@@ -86,7 +86,7 @@ def test_rejected_promotion_moves_nothing_and_is_recorded(stack: Stack) -> None:
     assert "(production thresholds, same evidence, not deciding)" in body  # the production verdict beside
     assert "| regression | `task_success_rate_delta_vs_baseline` | 8 |" in body  # paired on the same 8 items
     assert "**Judge:** not judged" in body and "dataset too small" in body
-    assert states["approval"] == "success" and states["canary"] == "skipped"
+    assert states["approval"] == "success" and states["deploy_candidate"] == "skipped"
     assert champion(stack) == "1"
     last = audit(stack)[-1]
     assert last.action == "rejected" and last.actor == "approver"
@@ -104,9 +104,9 @@ def test_approved_in_the_ui_runs_the_canary_and_moves_the_alias(stack: Stack) ->
     assert "McNemar exact" in page and "Wilson 95 %" in page
     assert outcome["images"] >= 3 and outcome["images_loaded"] == outcome["images"], outcome
     assert (REPO_ROOT / "test-artifacts" / "approval.png").stat().st_size > 10_000
-    assert states["canary"] == "success", states
+    assert all(states[f"canary_{w}"] == "success" for w in (5, 25, 50, 100)), states
+    assert states["gate_canary"] == "success" and states["full_rollout"] == "success", states
     assert states["promote"] == "success" and dr.state == "success"
-    assert states["stop_stable"] == "success" and states["stop_canary"] == "success"
     assert champion(stack) == "2"
     last = audit(stack)[-1]
     assert (last.from_version, last.to_version, last.actor) == ("1", "2", "approver")

@@ -42,7 +42,7 @@ gates:
 def stack(s3_server, mlflow_server, migrated_airflow_db, tmp_path_factory) -> Iterator[Stack]:
     versions = {"1": (False, 0.7), "2": (True, 0.0)}  # MLflow numbers versions 1, 2, ...
     with embedded_stack("smollm2-rollback", versions, GATES, s3_server=s3_server, mlflow_server=mlflow_server,
-                        tmp_path_factory=tmp_path_factory) as built:
+                        tmp_path_factory=tmp_path_factory, production_plane=True) as built:
         yield built
 
 
@@ -53,7 +53,8 @@ def test_canary_that_does_not_hold_rolls_back(stack: Stack, monkeypatch, tmp_pat
     monkeypatch.setenv("TOLLGATE_CANARY_THRESHOLDS", str(strict))
     dr, states, outcome = run_promotion(stack, "2", answer="Approve")
     assert "error" not in outcome, outcome
-    assert states["canary"] == "failed" and states["promote"] in ("upstream_failed", "skipped")
+    assert states["gate_canary"] == "failed" and states["abort_canary"] == "failed", states
+    assert states["promote"] in ("upstream_failed", "skipped")
     assert dr.state == "failed"
     assert champion(stack) == "1"
     last = audit(stack)[-1]

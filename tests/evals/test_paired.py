@@ -137,7 +137,8 @@ def test_embedded_profile_is_judge_free() -> None:
     tf = gates.load_threshold_file("thresholds/embedded/quality.yaml")
     judge_metrics = {"groundedness_score", "hallucination_rate", "answer_relevancy", "judge_error_rate"}
     assert not judge_metrics & {g.metric for g in tf.gates}
-    assert {"task_success_rate", "exact_match_rate", "token_f1", "embedding_groundedness"} <= {g.metric for g in tf.gates}
+    assert {"task_success_rate", "exact_match_rate_delta_vs_baseline", "token_f1", "token_f1_delta_vs_baseline",
+            "embedding_groundedness"} <= {g.metric for g in tf.gates}
 
 
 def test_baseline_established_only_when_allowed() -> None:

@@ -99,7 +99,7 @@ def run_approval(api: Api, answer: Callable[[Any, Run], None] | None, timeout_s:
     if thread is not None:
         thread.start()
     try:
-        out.dag_run = run_dag_test(approval_dag(timeout_s), run_id=f"faults__{uuid.uuid4().hex[:10]}")
+        out.dag_run = run_dag_test(approval_dag(timeout_s))
     finally:
         over.set()
     if thread is not None:

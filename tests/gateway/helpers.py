@@ -81,6 +81,7 @@ class Forwarder:
         self.port, self.target = port, target
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._conns: list[socket.socket] = []  # off() cuts these too: a pooled keep-alive must not survive
 
     def on(self) -> None:
         s = socket.socket()
@@ -98,6 +99,11 @@ class Forwarder:
             s.close()
         if self._thread is not None:
             self._thread.join(5)
+        conns, self._conns = self._conns, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
 
     def _accept(self, s: socket.socket) -> None:
         while self._sock is s:
@@ -110,6 +116,7 @@ class Forwarder:
             except OSError:
                 client.close()
                 continue
+            self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 

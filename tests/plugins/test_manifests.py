@@ -19,7 +19,7 @@ ROLLOUT_VALUES = {
 
 
 def test_model_pvc_is_read_write_many():
-    pvc = yaml.safe_load((K8S / "model-pvc.yaml").read_text())
+    pvc = yaml.safe_load((K8S / "base" / "model-pvc.yaml").read_text())
     assert pvc["kind"] == "PersistentVolumeClaim"
     assert pvc["metadata"]["name"] == "tollgate-models"
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]

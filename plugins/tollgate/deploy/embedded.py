@@ -218,8 +218,27 @@ class EmbeddedDeployment:
 
 
 def _from_gateway(slot: dict[str, Any]) -> dict[str, Any]:
-    """A slot the gateway knows but this class did not start (e.g. the demo's first stable): no process to stop."""
-    return {"version": str(slot["version"]), "url": slot["url"], "served_model": slot.get("served_model")}
+    """A slot the gateway knows but this class did not start (e.g. the production plane's first stable).
+
+    When evals.launcher started it on this machine (a pid file ``run/<name>-<port>.pid`` for the
+    URL's loopback port), that process group is adopted, so retiring the slot stops it;
+    otherwise there is no process to stop.
+    """
+    from urllib.parse import urlparse
+
+    from evals.launcher import run_dir
+
+    record: dict[str, Any] = {"version": str(slot["version"]), "url": slot["url"],
+                              "served_model": slot.get("served_model")}
+    url = urlparse(str(slot["url"]))
+    if url.hostname in ("127.0.0.1", "localhost") and url.port:
+        for pid_file in sorted(run_dir().glob(f"*-{url.port}.pid")):
+            try:
+                record.update(pgid=int(pid_file.read_text().strip()), pid_file=str(pid_file))
+            except (OSError, ValueError):
+                continue
+            break
+    return record
 
 
 def _slot(record: dict[str, Any]) -> Slot:

@@ -87,6 +87,7 @@ def test_canary_steps_then_full_rollout_keeps_the_old_stable_warm(stack, deploym
     st = deployment.promote_canary()
     assert (st.stable.version, st.canary, st.weight) == ("2", None, 0)
     assert st.previous.version == "1"  # warm for a fast rollback
+    assert st.previous.detail["pgid"] > 0  # started by evals.launcher (its pid file): adopted, so it can be retired
     assert {ask(stack["port"], f"u{i}") for i in range(5)} == {("stable", "2")}
     # rollback from the warm slot: no new process, the bad version stopped
     bad_url = st.stable.url
