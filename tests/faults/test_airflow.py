@@ -162,22 +162,6 @@ def admin_not_approver(api: Api) -> None:
     assert decision(run) == ("rejected", "approver")
 
 
-def timeout(api: Api) -> None:
-    run = run_approval(api, None, timeout_s=2)
-    assert decision(run) == ("timed_out", "nobody")
-
-
-def after_timeout(api: Api) -> None:
-    from tollgate.airflow_api import PendingApproval
-
-    run = run_approval(api, None, timeout_s=2)
-    late = PendingApproval(dag_id=DAG_ID, run_id=run.dag_run.run_id, task_id="approval", map_index=-1, subject="",
-                           body="", options=["Approve", "Reject"], assigned_users=["approver"])
-    code = status_of(lambda: api.as_user("approver").respond(late, "Approve"))
-    assert code in (404, 409), code
-    assert decision(run) == ("timed_out", "nobody")
-
-
 def bad_option(api: Api) -> None:
     def answer(pending: Any, run: Run) -> None:
         run.answers["bad"] = status_of(lambda: api.as_user("approver").respond(pending, "Approve please"))
@@ -190,8 +174,7 @@ def bad_option(api: Api) -> None:
 
 IMPL: dict[str, Callable[[Api], None]] = {
     "approval-answered-twice": answered_twice, "approval-unassigned-user": unassigned,
-    "approval-admin-not-approver": admin_not_approver, "approval-timeout": timeout,
-    "approval-after-timeout": after_timeout, "approval-bad-option": bad_option,
+    "approval-admin-not-approver": admin_not_approver, "approval-bad-option": bad_option,
 }
 
 

@@ -217,7 +217,15 @@ def _judge_garbage(body: dict[str, Any]) -> str:
 
 
 def judge_unparsable(ctx: Ctx, capsys: Any) -> None:
-    out = stub_run(always("ok"), 1, "--max-retries", "0", suite="quality", responder=_judge_garbage)(ctx, capsys)
+    # The judge is its own server (a judge at the candidate's endpoint is refused), answering garbage.
+    out = ctx.tmp / "quality.json"
+    with FaultStub(models=(MODEL,), responder=lambda body: "Paris") as stub, \
+            FaultStub(models=("judge-model",), responder=_judge_garbage) as judge:
+        code = evals_run(ctx, stub.url, ctx.dataset(QUALITY_ROWS), out, "--max-retries", "0",
+                         "--judge-endpoint", judge.url, "--judge-model", "judge-model", suite="quality",
+                         capsys=capsys)
+        judged = judge.requests
+    assert code == 1 and judged > 0, ctx.texts[-1][-2000:]
     res = json.loads(out.read_text())
     assert res["metrics"]["judge_error_rate"] > 0.25, res["metrics"]
     blocks(ctx, out, QUALITY_GATES, "judge_errors")
