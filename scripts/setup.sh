@@ -96,6 +96,19 @@ apt_install() {  # apt_install PACKAGE BINARY [ENV_OVERRIDE_VALUE]
   fi
 }
 apt_install prometheus "${TOLLGATE_PROMETHEUS:-/usr/bin/prometheus}"
+# docker-compose.yaml is checked with `docker compose config` (tests/infra/test_compose.py; no
+# daemon needed). Without Docker's compose v2 plugin: docker-compose 1.29.2, the last release on
+# PyPI, in a venv of its own ($TOLLGATE_HOME/tools-compose: it pins PyYAML 5, built here with
+# Cython < 3). Always, since it is cheap: ~15 s and ~40 MB once.
+if ! docker compose version >/dev/null 2>&1 && [ ! -x "$TOLLGATE_HOME/tools-compose/bin/docker-compose" ]; then
+  log "docker-compose into $TOLLGATE_HOME/tools-compose"
+  start=$SECONDS
+  "$UV" venv -q --clear -p "$PY" "$TOLLGATE_HOME/tools-compose"
+  printf 'cython<3\n' > "$TOLLGATE_HOME/tools-compose/build-constraints.txt"
+  "$UV" pip install -q -p "$TOLLGATE_HOME/tools-compose/bin/python" "${FIND_LINKS[@]}" \
+    --build-constraint "$TOLLGATE_HOME/tools-compose/build-constraints.txt" docker-compose==1.29.2
+  log "docker-compose ready in $((SECONDS - start)) s"
+fi
 if [ "${1:-}" = "--with-browser" ]; then
   apt_install chromium "${TOLLGATE_CHROMIUM:-/usr/bin/chromium}"
   apt_install nginx /usr/sbin/nginx
