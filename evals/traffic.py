@@ -206,18 +206,18 @@ class TrafficRunner:
         end = s.started + cfg.duration_s
         tasks: set[asyncio.Task[None]] = set()
         progress = asyncio.ensure_future(self._progress())
-        arrivals = 0
+        launched = 0  # --requests counts requests sent; an arrival skipped while busy does not use one up
         try:
             for arrival in poisson_arrivals(cfg.rate, cfg.seed, s.started, end):
-                if cfg.requests is not None and arrivals >= cfg.requests:
+                if cfg.requests is not None and launched >= cfg.requests:
                     break
-                arrivals += 1
                 delay = arrival - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if len(tasks) >= cfg.max_in_flight:
                     s.skipped_busy += 1
                     continue
+                launched += 1
                 prompt, drifted = self.pick((arrival - s.started) / cfg.duration_s)
                 task = asyncio.ensure_future(self.one(prompt, drifted))
                 tasks.add(task)
@@ -324,7 +324,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=flag_type(settings.number(float, above=0, maximum=MAX_DURATION_S)),
                    default=60.0, help="seconds; it stops by itself")
     p.add_argument("--requests", type=flag_type(settings.number(int, minimum=1, maximum=MAX_REQUESTS)),
-                   default=None, help="stop after this many arrivals, if before --duration")
+                   default=None, help="stop after sending this many requests, if before --duration "
+                   "(arrivals skipped while --max-in-flight are open do not count)")
     p.add_argument("--max-tokens", type=flag_type(settings.number(int, minimum=1, maximum=4096)), default=32)
     p.add_argument("--max-in-flight", type=flag_type(settings.number(int, minimum=1, maximum=1024)), default=8)
     p.add_argument("--request-timeout", type=flag_type(settings.positive_float), default=60.0)

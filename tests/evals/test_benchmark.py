@@ -237,7 +237,7 @@ def test_short_run_against_real_vllm(tmp_path, vllm_server):
     out = tmp_path / "latency.json"
     proc = subprocess.run(
         [sys.executable, "-m", "evals.benchmark", "--model", TEST_MODEL, "--endpoint", vllm_server.openai_url,
-         "--concurrent-users", "4", "--duration", "5", "--warmup", "1", "--max-tokens", "16",
+         "--concurrent-users", "4", "--duration", "10", "--warmup", "0", "--max-tokens", "16",
          "--output", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]

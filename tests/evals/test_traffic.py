@@ -32,6 +32,8 @@ class _Stub(http.server.BaseHTTPRequestHandler):
         if self.server.fail_every and len(self.server.seen) % self.server.fail_every == 0:
             self._send(503, b'{"error": {"message": "busy"}}', "application/json")
             return
+        if self.server.delay_s:
+            time.sleep(self.server.delay_s)  # a slow server (fault injection), not synchronisation
         prompt = body["messages"][0]["content"]
         answer = ANSWERS.get(prompt, "something else entirely")
         events = [{"choices": [{"delta": {"content": word + " "}, "index": 0}]} for word in answer.split()]
@@ -59,6 +61,7 @@ class _StubServer(http.server.ThreadingHTTPServer):
         self.seen: list[tuple[str, dict, dict]] = []
         self.lock = threading.Lock()
         self.fail_every = 0
+        self.delay_s = 0.0
 
     @property
     def url(self) -> str:
@@ -136,6 +139,19 @@ def test_failures_are_counted_not_hidden(stub: _StubServer, tmp_path: Path) -> N
     assert summary["failures"] == {"http 503": summary["failed"]} and summary["failed"] >= 5
     assert summary["ok"] + summary["failed"] == summary["sent"] == 20
     assert not [p for p, _, _ in stub.seen if p == "/v1/feedback"]
+
+
+def test_requests_counts_what_was_sent_not_arrivals_skipped_while_busy(stub: _StubServer, tmp_path: Path) -> None:
+    # A slow server and one request at a time: most arrivals find it busy. --requests 5
+    # still means five requests sent (a loaded machine must not end the run after one).
+    stub.delay_s = 0.3
+    out = tmp_path / "s.json"
+    code = traffic.main(["--endpoint", stub.url, "--model", "m", "--rate", "40", "--requests", "5",
+                         "--max-in-flight", "1", "--duration", "60", "--no-feedback", "--output", str(out)])
+    summary = json.loads(out.read_text())
+    assert code == 0
+    assert summary["sent"] == summary["ok"] == 5
+    assert summary["skipped_busy"] > 0
 
 
 def test_drift_scenario_shifts_length_topic_and_language(stub: _StubServer) -> None:

@@ -249,13 +249,27 @@ def test_s3_down_during_flush_loses_no_record(gw, s3_forwarder) -> None:
         assert metric_sum(port, "tollgate_gateway_request_log_spool_files") >= 1
     finally:
         s3_forwarder.on()
-    wait_for(lambda: metric_sum(port, "tollgate_gateway_request_log_spool_files") == 0, 30, "the spool to drain")
-    now = datetime.now(UTC)
     client = gw["s3"].client()
-    table = requestlog.read_window(gw["dest"], now - timedelta(minutes=10), now + timedelta(minutes=1), client=client)
-    rows = requestlog.rows(table)
+    seen: dict[str, object] = {}
+
+    def everything_uploaded() -> bool:
+        # The spool gauge counts Parquet files only: rows still in a worker or in a JSON-lines
+        # file are not in it, so "drained" is judged by the records themselves, with a deadline.
+        now = datetime.now(UTC)
+        table = requestlog.read_window(gw["dest"], now - timedelta(minutes=10), now + timedelta(minutes=1),
+                                       client=client)
+        seen["rows"] = requestlog.rows(table)
+        seen["ids"] = {r["request_id"] for r in seen["rows"] if r["kind"] == "request"}
+        feedback = any(r["kind"] == "feedback" and r["request_id"] == ids[0] for r in seen["rows"])
+        return set(ids) <= seen["ids"] and feedback
+
+    try:
+        wait_for(everything_uploaded, 60, "every record in S3 after it came back")
+    except AssertionError:
+        raise AssertionError(f"lost {len(set(ids) - seen.get('ids', set()))} records") from None
+    wait_for(lambda: metric_sum(port, "tollgate_gateway_request_log_spool_files") == 0, 30, "the spool to drain")
+    rows = seen["rows"]
     got = {r["request_id"]: r for r in rows if r["kind"] == "request"}
-    assert set(ids) <= set(got), f"lost {len(set(ids) - set(got))} records"
     row = got[ids[3]]
     assert row["prompt_text"] == "user: order 3, mail me at [REDACTED:email]" and row["redacted"] is True
     assert row["topic"] == "orders" and row["arm"] == "stable" and row["model_version"] == "1"

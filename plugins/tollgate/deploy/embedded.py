@@ -43,14 +43,14 @@ class EmbeddedDeployment:
     """Slots as local processes; routing through the gateway admin API."""
 
     def __init__(self, model: str, admin: Any, *, state_dir: Path, volumes_dir: Path, claim: str,
-                 spec_factory: SpecFactory | None = None, ready_timeout_s: float = 300.0) -> None:
+                 spec_factory: SpecFactory | None = None, ready_timeout_s: float | None = None) -> None:
         self.model = model
         self.admin = admin  # gateway.client.AdminClient (or anything with its five methods)
         self.state_path = Path(state_dir) / f"{model}.json"
         self.volumes_dir = Path(volumes_dir)
         self.claim = claim
         self.spec_factory = spec_factory or _vllm_spec
-        self.ready_timeout_s = ready_timeout_s
+        self.ready_timeout_s = ready_timeout_s  # None: the server spec's (TOLLGATE_VLLM_READY_TIMEOUT for vLLM)
 
     @classmethod
     def from_settings(cls, model: str, **kwargs: Any) -> EmbeddedDeployment:
@@ -99,7 +99,7 @@ class EmbeddedDeployment:
         server = launcher.ManagedServer(spec)
         server.start()
         try:
-            server.wait_ready(timeout_s=min(spec.ready_timeout_s, self.ready_timeout_s))
+            server.wait_ready(timeout_s=self.ready_timeout_s or spec.ready_timeout_s)
         except Exception as exc:  # noqa: BLE001 - CheckFailed, PortInUse, OSError: the slot is not up
             server.stop()
             raise DeploymentError(f"{self.model}:{version} did not become ready: {exc}") from None

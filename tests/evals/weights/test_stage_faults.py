@@ -75,6 +75,14 @@ def _entry(doc, path):
     return next(f for f in doc["files"] if f["path"] == path)
 
 
+def _verified(progress: Path) -> set[str]:
+    """The files the stager's progress file says it verified (empty while it is absent or mid-write)."""
+    try:
+        return set(json.loads(progress.read_text()).get("verified", {}))
+    except (OSError, ValueError):
+        return set()
+
+
 def _one_line(stderr: str) -> str:
     lines = [ln for ln in stderr.splitlines() if "error:" in ln]
     assert len(lines) == 1, stderr
@@ -254,10 +262,11 @@ def test_interrupted_stager_resumes_with_what_it_verified(s3_server, model, faul
     while not (journal_dir.is_dir() and any(len(p.read_text().split()) == 2 for p in journal_dir.iterdir())):
         assert proc.poll() is None and time.monotonic() < deadline, "stager never journaled two parts"
         time.sleep(0.05)  # poll for the journal, bounded by the deadline
-    deadline = time.monotonic() + 30
-    while not (model["partial"] / PROGRESS).is_file():  # the small files verified
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    small = set(model["files"]) - {"model.safetensors"}
+    deadline = time.monotonic() + 60
+    while not small <= _verified(model["partial"] / PROGRESS):  # every small file verified, not just the first
+        assert proc.poll() is None and time.monotonic() < deadline, "stager never verified the small files"
+        time.sleep(0.05)  # poll the progress file, bounded by the deadline
     proc.kill()
     proc.wait(timeout=10)
     assert not model["final"].exists()
