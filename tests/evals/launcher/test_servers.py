@@ -75,3 +75,25 @@ def test_stop_all_recorded_stops_servers_left_behind(isolated_home: Path) -> Non
     assert not process._group_alive(pgid)
     assert not port_is_listening("127.0.0.1", port)
     assert list((isolated_home / "run").glob("*.pid")) == []
+
+
+def test_vllm_threads_are_unpinned_and_sized_to_the_machine(monkeypatch) -> None:
+    from evals.launcher.vllm import cpu_threads_env
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    assert cpu_threads_env(0, cores=2) == {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
+    assert cpu_threads_env(0, cores=1)["OMP_NUM_THREADS"] == "1"
+    assert cpu_threads_env(0, cores=16)["OMP_NUM_THREADS"] == "8"
+    assert cpu_threads_env(3, cores=16)["OMP_NUM_THREADS"] == "3"
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")  # the user's choice wins, with vLLM's own count
+    assert cpu_threads_env(0, cores=16) == {}
+
+
+def test_vllm_spec_carries_the_thread_settings(monkeypatch, tmp_path: Path) -> None:
+    from evals.launcher import vllm_spec
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setenv("TOLLGATE_VLLM_CPU_THREADS", "2")
+    (tmp_path / "config.json").write_text("{}")
+    spec = vllm_spec(tmp_path, "m:1", 8011)
+    assert spec.env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and spec.env["OMP_NUM_THREADS"] == "2"
