@@ -13,6 +13,19 @@ The file's own ``airflow.*`` imports are imported first, as the processor's
 ``parsing_pre_import_modules`` does. Two reference DAGs are measured the same way:
 24 EmptyOperators (Airflow's floor) and two ``@task`` functions (the TaskFlow floor:
 Airflow's decorator machinery loads on first use of ``task``).
+
+Two things the dag-processor's child has that a bare interpreter has not:
+- the manager calls ``gc.freeze()`` before it forks the children
+  (``airflow.dag_processing.manager.DagFileProcessorManager.before_run``), so a garbage
+  collection in the child does not walk Airflow's ~200k objects; the probe freezes after
+  importing the SDK and the DagBag (without it a full collection, 30-300 ms here, lands in
+  whichever file happens to cross the threshold);
+- bytecode: the Airflow image installs Tollgate and its dependencies with pip, which
+  compiles them. This checkout's environment may set ``PYTHONDONTWRITEBYTECODE`` (and uv
+  does not compile on install), which would make every parse compile its modules from
+  source; the probes run with a private ``PYTHONPYCACHEPREFIX``, filled by one untimed
+  parse of each file before the measured ones. The DAG file itself is still compiled in
+  every measured parse (a fresh copy each time).
 Reported: median per file over the repeats. Goal: < 50 ms per file, cold, both modes.
 """
 
@@ -63,10 +76,11 @@ with DAG(dag_id="reference_taskflow", schedule=None, start_date=datetime(2026, 1
 # pre-imports before it starts the child ([dag_processor] parsing_pre_import_modules,
 # on by default; airflow.dag_processing.processor._pre_import_airflow_modules).
 PROBE = '''
-import importlib, json, pathlib, shutil, sys, tempfile
+import gc, importlib, json, pathlib, shutil, sys, tempfile
 import airflow.sdk  # noqa: F401
 from airflow.dag_processing.dagbag import DagBag
 from airflow.utils.file import iter_airflow_imports
+gc.freeze()  # as the dag-processor manager does before it forks the parsing children
 path = pathlib.Path(sys.argv[1])
 for module in iter_airflow_imports(str(path)):
     importlib.import_module(module)
@@ -104,11 +118,14 @@ def main() -> int:
         taskflow = Path(tmp) / "reference_taskflow.py"
         taskflow.write_text(TASKFLOW)
         env = {**os.environ, "AIRFLOW_HOME": str(Path(tmp) / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-               "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)])}
+               "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
+               "PYTHONPYCACHEPREFIX": str(Path(tmp) / "pycache")}  # bytecode as an installed image has it
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         files = [reference, taskflow, *sorted((ROOT / "dags").glob("*.py"))]
         try:
             for mode in modes:
                 for path in files:
+                    measure(path, mode, env)  # untimed: compiles what the file imports into the prefix
                     colds, agains, n = [], [], 0
                     for _ in range(args.repeats):
                         cold_ms, again_ms, n = measure(path, mode, env)

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+# Named for the dag-processor, which imports a file's airflow.* modules once, before it forks the
+# parsing child ([dag_processor] parsing_pre_import_modules): Airflow's TaskFlow machinery
+# (which `task` loads on first use) is then loaded once, not in every parse of this file.
+import airflow.sdk.definitions.decorators  # noqa: F401
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param, task
 from airflow.task.trigger_rule import TriggerRule

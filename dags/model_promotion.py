@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+# Named for the dag-processor, which imports a file's airflow.* modules once, before it forks the
+# parsing child ([dag_processor] parsing_pre_import_modules): Airflow's TaskFlow machinery and the HITL
+# operator the approval builds on are then loaded once, not in every parse of this file.
+import airflow.providers.standard.operators.hitl  # noqa: F401
+import airflow.sdk.definitions.decorators  # noqa: F401
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+# Named for the dag-processor, which imports a file's airflow.* modules once, before it forks the
+# parsing child ([dag_processor] parsing_pre_import_modules): Airflow's TaskFlow machinery and the HITL
+# operator the approval builds on are then loaded once, not in every parse of this file.
+import airflow.providers.standard.operators.hitl  # noqa: F401
+import airflow.sdk.definitions.decorators  # noqa: F401
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from evals.contract import MODEL_NAME_PATTERN
-from tollgate import rollout, settings
+from tollgate import settings
 from tollgate.approvals import DECISION_KEY, PromotionApproval
-from tollgate.promotion import approval_outcome
 
 DAG_ID = "model_rollback"
 SETTINGS = settings.current()
@@ -59,6 +63,9 @@ with DAG(
 
     @task(trigger_rule="none_failed_min_one_success")
     def rollback(params: dict | None = None, run_id: str | None = None, ti=None) -> dict:
+        from tollgate import rollout
+        from tollgate.promotion import approval_outcome
+
         who = params.get("confirmed_by")
         if not who:
             decision, who = approval_outcome(ti.xcom_pull(task_ids="confirm", key=DECISION_KEY))

@@ -37,7 +37,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,7 @@ class TrafficConfig:
     seed: int = 0
     request_timeout_s: float = 60.0
     api_key: str | None = None
+    user_spread: int = 1  # each line's user becomes one of this many (USER.0 .. USER.K-1), drawn per request
 
 
 @dataclass
@@ -180,8 +181,12 @@ class TrafficRunner:
         cfg = self.cfg
         drift_share = 0.0 if cfg.drifted is None else min(1.0, elapsed_share / cfg.drift_at)
         if cfg.drifted is not None and self.rng.random() < drift_share:
-            return self.rng.choice(cfg.drifted), True
-        return self.rng.choice(cfg.base), False
+            chosen, drifted = self.rng.choice(cfg.drifted), True
+        else:
+            chosen, drifted = self.rng.choice(cfg.base), False
+        if cfg.user_spread > 1:  # many users from a small file: sticky routing then splits near its weight
+            chosen = replace(chosen, user_id=f"{chosen.user_id}.{self.rng.randrange(cfg.user_spread)}")
+        return chosen, drifted
 
     def headers(self, request_id: str | None = None) -> dict[str, str]:
         out = {"X-Request-Id": request_id} if request_id else {}
@@ -329,6 +334,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=flag_type(settings.number(int, minimum=1, maximum=4096)), default=32)
     p.add_argument("--max-in-flight", type=flag_type(settings.number(int, minimum=1, maximum=1024)), default=8)
     p.add_argument("--request-timeout", type=flag_type(settings.positive_float), default=60.0)
+    p.add_argument("--user-spread", type=flag_type(settings.number(int, minimum=1, maximum=100000)), default=1,
+                   help="replay each line's user as one of this many users (USER.0 .. USER.K-1, drawn per "
+                   "request): a 5 %% canary of sticky users needs more users than a prompt file holds")
     p.add_argument("--no-feedback", action="store_true", help="do not POST /v1/feedback")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback endpoint")
@@ -354,6 +362,7 @@ def config_from_args(args: argparse.Namespace) -> TrafficConfig:
         endpoint=check_endpoint(url, args.allow_remote), model=args.model, base=base, drifted=drifted,
         rate=args.rate, duration_s=args.duration, requests=args.requests, max_tokens=args.max_tokens,
         max_in_flight=args.max_in_flight, drift_at=args.drift_at, feedback=not args.no_feedback, seed=args.seed,
+        user_spread=args.user_spread,
         request_timeout_s=args.request_timeout, api_key=env.api_key,
     )
 

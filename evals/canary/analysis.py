@@ -106,7 +106,11 @@ def queries(policy: CanaryRolloutPolicy, model: str, arm: str, window_s: float,
             namespace: str | None = None) -> dict[str, str]:
     """Every PromQL expression of one arm's analysis (also rendered into infra/k8s's AnalysisTemplate)."""
     m, sel, w = policy.metrics, selector(policy, model, arm, namespace), _range(window_s)
-    requests = f"sum(increase({m.requests}{{{sel}}}[{w}]))"
+    # The requests routed to the arm: a canary request that failed before its first byte is
+    # answered (and counted in llm_requests_total) by stable; its error and its fallback count
+    # on the canary, so the canary's share is requests + fallbacks (else 2 errors / 1 request).
+    answered, fell_back = f"sum(increase({m.requests}{{{sel}}}[{w}]))", f"sum(increase({m.fallback}{{{sel}}}[{w}]))"
+    requests = f"(({answered} + ({fell_back} or vector(0))) or {fell_back})"
 
     def quantile(hist: str) -> str:
         return f"histogram_quantile(0.95, sum by (le) (rate({hist}_bucket{{{sel}}}[{w}])))"

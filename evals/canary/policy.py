@@ -80,6 +80,7 @@ class Checks:
 class Metrics:
     requests: str = "llm_requests_total"
     errors: str = "llm_errors_total"
+    fallback: str = "llm_fallback_total"  # canary requests that failed early and were answered by stable
     duration: str = "llm_request_duration_seconds"
     ttft: str = "llm_time_to_first_token_seconds"
     guardrail: str = "llm_guardrail_violations_total"
@@ -288,7 +289,7 @@ def parse_policy(text: str, path: str) -> CanaryRolloutPolicy:
     import yaml
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader (libyaml's when built: DAGs read this at parse time)
     except yaml.YAMLError as exc:
         raise BadInput(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     r = _Reader(path, "", data, {"description", "profile", "steps", "analysis", "checks",

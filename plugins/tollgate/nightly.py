@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +9,6 @@ from typing import Any
 from evals.contract import SUITES
 
 log = logging.getLogger("tollgate.nightly")
-
 
 
 @dataclass(frozen=True)
@@ -86,15 +84,10 @@ def _suite_metrics(model: str, version: str, exclude_parent: str | None, trackin
 
 
 def notify(subject: str, lines: list[str], *, context: dict[str, Any]) -> None:
-    """Tell people. The embedded default appends JSON lines to a file and logs a warning."""
-    from tollgate import settings
+    """Tell people (``tollgate.notify``, kind ``nightly``): the log, the file and the webhook if configured."""
+    from tollgate import notify as notifier
 
-    log.warning("%s: %s", subject, "; ".join(lines))
-    if settings.current().notifier == "file":
-        path = settings.evals_settings().home / "notifications.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as fh:
-            fh.write(json.dumps({"subject": subject, "lines": lines, **context}) + "\n")
+    notifier.notify("nightly", subject, lines, context=context)
 
 
 def regression_check(model: str, version: str, evidence: dict[str, Any], *, alias: str,

@@ -18,7 +18,6 @@ from tollgate import constants as c
 from tollgate.operators.base import execution_mode
 from tollgate.operators.factory import pod_task
 from tollgate.podspec import ModelVolume, PodStep, Resources, ResultsLocation, SecretEnv
-from tollgate.serving import ModelServer, serve_model, stop_model
 
 S3_SECRET_NAME = "tollgate-s3"  # noqa: S105 - a Secret name, not a secret; Kubernetes Secret with the S3 credentials (keys: access-key-id, secret-access-key)
 JUDGE_SECRET_NAME = "tollgate-judge"  # noqa: S105 - a Secret name; optional: API key of an external judge endpoint
@@ -104,6 +103,8 @@ def build_evaluation(subject: Subject, *, prefix: str = "", settings: EvalSettin
     ``prefix`` is the task-group id the tasks live in ("" at DAG level): templates that
     pull the endpoint need the full task id.
     """
+    from tollgate.serving import ModelServer, serve_model, stop_model  # only the DAGs that serve pay for it
+
     settings = settings or EvalSettings.from_env()
     ref = model_ref(subject.name, subject.version)
     pod, volume = subject.in_pod, subject.on_volume

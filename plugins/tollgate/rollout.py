@@ -30,14 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from evals.canary import analysis as an
-from evals.canary.policy import CanaryRolloutPolicy, load_policy
 from tollgate import constants as c
-from tollgate.deploy import CANARY, PREVIOUS, STABLE, Deployment
 from tollgate.exceptions import TollgateError
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from evals.canary import analysis as an
+    from evals.canary.policy import CanaryRolloutPolicy
+    from tollgate.deploy import Deployment
+
+# DAG files import this module while they are parsed: the canary analysis (evals.canary.analysis,
+# evals.canary.stats), the deploy backends and the policy parser are imported where they are used.
 
 log = logging.getLogger("tollgate.rollout")
 
@@ -68,6 +72,8 @@ def policy_path() -> Path:
 
 def load_rollout_policy(traffic_s: float | None = None) -> CanaryRolloutPolicy:
     """The configured policy; ``traffic_s`` (the ``traffic`` Param) replaces every step's hold."""
+    from evals.canary.policy import load_policy
+
     return load_policy(policy_path()).with_hold(traffic_s)
 
 
@@ -106,6 +112,8 @@ def deployment_for(model: str) -> Deployment:
 
 
 def query_for() -> an.QueryFn:
+    from evals.canary import analysis as an
+
     return an.prometheus_query(None)  # evals.promql.default_url(): TOLLGATE_PROMETHEUS_URL or the embedded one
 
 
@@ -150,6 +158,8 @@ class CanaryStepOperator(BaseOperator):
         return next(s.hold_s for s in policy.steps if s.weight == self.weight)
 
     def execute(self, context: Context) -> Any:
+        from evals.canary import analysis as an
+
         policy = self._policy()
         self._ti = context["ti"]
         deployment_for(self.model_name).set_weight(self.weight)
@@ -169,6 +179,8 @@ class CanaryStepOperator(BaseOperator):
         self.defer(trigger=DateTimeTrigger(moment=moment), method_name="analyse", kwargs={"state": kept})
 
     def analyse(self, context: Context, event: Any = None, state: dict[str, Any] | None = None) -> dict[str, Any]:
+        from evals.canary import analysis as an
+
         policy = self._policy()
         self._ti = context["ti"]
         state = state or self._ti.xcom_pull(task_ids=self.task_id, key=STATE_KEY,
@@ -219,6 +231,8 @@ class RetireOperator(BaseOperator):
                    method_name="retire")
 
     def retire(self, context: Context, event: Any = None) -> dict[str, Any]:
+        from tollgate.deploy import PREVIOUS
+
         dep = deployment_for(self.model_name)
         st = dep.state()
         if st.previous is None or st.previous.version != self.old_version:
@@ -245,6 +259,8 @@ def _json_safe(obj: Any) -> Any:
 
 def deploy_candidate(request: dict[str, Any]) -> dict[str, Any]:
     """The champion serving in stable (deployed if it is not), the candidate in the canary slot at 0 %."""
+    from tollgate.deploy import CANARY, STABLE
+
     model, version, champion = request["model_name"], request["model_version"], request["champion_version"]
     dep = deployment_for(model)
     st = dep.state()
@@ -260,6 +276,8 @@ def deploy_candidate(request: dict[str, Any]) -> dict[str, Any]:
 
 def final_analysis(model: str, deployed_at: float, *, namespace: str | None = None) -> dict[str, Any]:
     """Both arms over the canary's whole life (deploy to now): the numbers the verdict file carries."""
+    from evals.canary import analysis as an
+
     policy = load_rollout_policy()
     window = max(policy.analysis.interval_s, time.time() - deployed_at)
     result = an.analyse(policy, query_for(), model=model, weight=50, window_s=window, namespace=namespace,
@@ -301,6 +319,7 @@ def write_verdict(results_dir: str, model: str, version: str, steps: list[dict[s
 def abort_canary(request: dict[str, Any], abort: dict[str, Any] | None, *, dag_id: str, dag_run_id: str) -> dict:
     """Weight 0 (again), the candidate slot removed, an audit record with the failing check; the alias stays."""
     from tollgate import notify
+    from tollgate.deploy import CANARY
     from tollgate.mlflow import registry
 
     model, version = request["model_name"], request["model_version"]
@@ -378,6 +397,7 @@ def rollback(model: str, *, to_version: str | None, actor: str, reason: str, dag
     ``champion`` (``tollgate.mlflow.registry.rollback_alias``).
     """
     from tollgate import notify
+    from tollgate.deploy import CANARY
     from tollgate.mlflow import audit, registry
 
     if not (actor or "").strip() or not (reason or "").strip():

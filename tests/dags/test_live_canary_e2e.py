@@ -86,11 +86,14 @@ def build(dag_id: str, model: str, version: str):
     from airflow.sdk import DAG, task
 
     from tollgate import promotion, rollout
+    from tollgate.mlflow import registry
+
+    champion = registry.get_alias(model, "champion")  # (b) runs after (a) promoted v2: v2 is stable then
 
     with DAG(dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
         @task
         def validate_request():
-            return {"model_name": model, "model_version": version, "champion_version": "1", "alias": "champion",
+            return {"model_name": model, "model_version": version, "champion_version": champion, "alias": "champion",
                     "target_env": "production"}
 
         @task

@@ -154,6 +154,17 @@ def test_requests_counts_what_was_sent_not_arrivals_skipped_while_busy(stub: _St
     assert summary["skipped_busy"] > 0
 
 
+def test_user_spread_replays_a_small_file_as_many_sticky_users(stub: _StubServer) -> None:
+    base = [traffic.Prompt(prompt="x", user_id="alice"), traffic.Prompt(prompt="y", user_id="bob")]
+    runner = traffic.TrafficRunner(traffic.TrafficConfig(
+        endpoint=traffic.check_endpoint(stub.url, False), model="m", base=base, user_spread=50, seed=1))
+    users = {runner.pick(0.0)[0].user_id for _ in range(2000)}
+    assert len(users) == 100 and all(u.split(".")[0] in ("alice", "bob") for u in users)
+    plain = traffic.TrafficRunner(traffic.TrafficConfig(
+        endpoint=traffic.check_endpoint(stub.url, False), model="m", base=base))
+    assert {plain.pick(0.0)[0].user_id for _ in range(200)} == {"alice", "bob"}
+
+
 def test_drift_scenario_shifts_length_topic_and_language(stub: _StubServer) -> None:
     base = traffic.load_prompts(_generate.HERE / "steady.jsonl", "--prompts")
     drifted = traffic.load_prompts(_generate.HERE / "drift.jsonl", "--drift-prompts")

@@ -87,7 +87,7 @@ def prometheus(canary_error_ratio: float):
 
     def query(expr):
         arm = re.search(r'arm="(\w+)"', expr).group(1)
-        if expr.startswith("sum(increase(llm_requests_total"):
+        if expr.startswith("((sum(increase(llm_requests_total"):  # requests routed to the arm (+ fallbacks)
             return [({}, 100.0)]
         if expr.startswith("(sum(increase(llm_errors_total"):
             return [({}, canary_error_ratio if arm == "canary" else 0.0)]

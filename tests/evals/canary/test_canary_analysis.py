@@ -62,7 +62,9 @@ def fake_prometheus(policy, arms: dict, *, window=30.0, namespace=None, absent=(
 def test_promql_selects_the_arm_model_and_namespace(policy):
     q = queries(policy, "smollm2-orders", "canary", 30, "ai-prod")
     sel = 'model="smollm2-orders",arm="canary",namespace="ai-prod"'
-    assert q["requests"] == f"sum(increase(llm_requests_total{{{sel}}}[30s]))"
+    answered = f"sum(increase(llm_requests_total{{{sel}}}[30s]))"
+    fell_back = f"sum(increase(llm_fallback_total{{{sel}}}[30s]))"  # answered by stable, routed to the canary
+    assert q["requests"] == f"(({answered} + ({fell_back} or vector(0))) or {fell_back})"
     assert q["error_ratio"] == f"(sum(increase(llm_errors_total{{{sel}}}[30s])) or vector(0)) / {q['requests']}"
     assert q["latency_p95_s"] == (f"histogram_quantile(0.95, sum by (le) "
                                   f"(rate(llm_request_duration_seconds_bucket{{{sel}}}[30s])))")
