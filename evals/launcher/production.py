@@ -99,7 +99,7 @@ class Plane:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "evals.traffic", "--endpoint", self.gateway_url, "--model", self.model,
                 "--rate", f"{rate:g}", "--duration", f"{duration_s:g}", "--max-tokens", str(max_tokens),
-                "--max-in-flight", "2", "--scenario", scenario, "--user-spread", "20", "--output", str(self.state / "traffic.json"),
+                "--max-in-flight", "8", "--scenario", scenario, "--user-spread", "20", "--output", str(self.state / "traffic.json"),
                 "--min-ok", "0"]
         with open(log_path, "ab") as logf:
             self.traffic = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

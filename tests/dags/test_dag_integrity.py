@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,34 @@ def test_no_heavy_imports_at_module_level(path: Path) -> None:
             [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
         for name in names:
             assert name.split(".")[0] not in HEAVY, f"{path.name}:{node.lineno} imports {name} at module level"
+
+
+# Parsed as the dag-processor's child does (Airflow imported first), nothing heavy may load,
+# directly or through tollgate/evals: the import-time half of the < 50 ms parse budget
+# (the time itself is measured by benchmarks/bench_dag_parse.py).
+PARSE_PROBE = """
+import json, sys
+import airflow.sdk
+from airflow.dag_processing.dagbag import DagBag
+before = set(sys.modules)
+bag = DagBag(dag_folder=sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+HEAVY_AT_PARSE = HEAVY | {"kubernetes", "pyarrow", "httpx", "openai", "sklearn", "matplotlib", "yaml_include"}
+
+
+@pytest.mark.parametrize("mode", ["local", "kubernetes"])
+@pytest.mark.parametrize("path", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)
+def test_parsing_loads_nothing_heavy_even_indirectly(path: Path, mode: str) -> None:
+    env = {**os.environ, "TOLLGATE_EXECUTION": mode}
+    proc = subprocess.run([sys.executable, "-c", PARSE_PROBE, str(path)], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    heavy = sorted({m for m in loaded if m.split(".")[0] in HEAVY_AT_PARSE
+                    or m.startswith(("airflow.providers.cncf", "evals.canary.analysis"))})
+    assert not heavy, f"{path.name} ({mode}) loads at parse time: {heavy[:10]}"
 
 
 def test_owners_tags_and_no_catchup(dagbag) -> None:

@@ -86,7 +86,7 @@ def test_a_healthy_canary_is_successful(policy):
     (arm_data(errors=10), "error_ratio"),  # 10 % > 5 %
     (arm_data(p95=25.0), "latency_p95_s"),  # absolute bound
     (arm_data(p95=6.0), "latency_p95_s"),  # 6 x stable > 5 x
-    (arm_data(ttft=0.9), "ttft_p95_s"),  # 4.5 x stable > 3 x
+    (arm_data(ttft=1.2), "ttft_p95_s"),  # 6 x stable > 5 x
     (arm_data(guardrail=30), "guardrail_rate"),
     (arm_data(scores=[0.1] * 20), "quality"),
 ])
