@@ -156,6 +156,7 @@ class Controller:
         self.shared.publish(self.state.as_dict())
         m.ROUTING_GENERATION.set(self.state.generation)
         m.CANARY_WEIGHT.labels(self.cfg.model).set(self.state.weight)
+        m.announce(self.cfg.model, self.state)  # the slots' series exist at 0 before their first request
 
     def apply(self, op: str, body: Any) -> RoutingState:
         """One admin operation; BadInput leaves the state exactly as it was."""

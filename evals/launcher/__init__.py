@@ -27,6 +27,7 @@ from evals.launcher.process import (
     run_dir,
     stop_all_recorded,
     stop_process_group,
+    wait_healthy,
 )
 from evals.launcher.prometheus import prometheus_spec
 from evals.launcher.targets import register_target, unregister_name, unregister_target
@@ -51,4 +52,5 @@ __all__ = [
     "unregister_name",
     "unregister_target",
     "vllm_spec",
+    "wait_healthy",
 ]

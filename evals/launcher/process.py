@@ -24,7 +24,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,32 +137,20 @@ class ManagedServer:
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Poll the health URL until it answers 200, the process dies, or the deadline passes."""
         assert self.proc is not None, "start() first"
-        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.spec.ready_timeout_s)
+        limit = timeout_s if timeout_s is not None else self.spec.ready_timeout_s
         url = self.spec.base_url + self.spec.health_path
         started = time.monotonic()
-        delay = 0.2
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                raise CheckFailed(
-                    f"{self.spec.name} exited with code {code} before it was ready; "
-                    f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
-                )
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback URL we built
-                    if resp.status == 200:
-                        log.info("%s ready at %s after %.1f s", self.spec.name, self.spec.base_url,
-                                 time.monotonic() - started)
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise CheckFailed(
-                    f"{self.spec.name} not ready at {url} within {timeout_s or self.spec.ready_timeout_s:.0f} s; "
-                    f"see {self.log_path}"
-                )
-            time.sleep(delay)  # polling interval, bounded by the deadline above
-            delay = min(delay * 1.5, 2.0)
+        proc = self.proc
+        if wait_healthy(url, started + limit, alive=lambda: proc.poll() is None):
+            log.info("%s ready at %s after %.1f s", self.spec.name, self.spec.base_url, time.monotonic() - started)
+            return
+        code = proc.poll()
+        if code is not None:
+            raise CheckFailed(
+                f"{self.spec.name} exited with code {code} before it was ready; "
+                f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
+            )
+        raise CheckFailed(f"{self.spec.name} not ready at {url} within {limit:.0f} s; see {self.log_path}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM the process group, then SIGKILL what is left after the timeout."""
@@ -187,6 +175,27 @@ class ManagedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_healthy(url: str, deadline: float, *, alive: Callable[[], bool] | None = None) -> bool:
+    """Poll ``url`` until it answers 200 (True), ``alive()`` turns False or the monotonic ``deadline`` passes (False).
+
+    The one health poll of the project: our own servers (:meth:`ManagedServer.wait_ready`)
+    and servers someone else started (the shared test vLLM of scripts/run_tests.py).
+    """
+    delay = 0.2
+    while alive is None or alive():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback URL we built
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)  # polling interval, bounded by the deadline above
+        delay = min(delay * 1.5, 2.0)
+    return False
 
 
 def _group_alive(pgid: int) -> bool:

@@ -148,6 +148,23 @@ def test_admin_token_and_weight_bounds(gw) -> None:
     admin.remove_canary()
 
 
+def test_a_new_canary_is_scraped_at_zero_before_its_first_request(gw) -> None:
+    """increase() cannot see the increment that creates a series: the canary's must exist at 0 first."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    admin: AdminClient = gw["admin"]
+    admin.set_canary(gw["stubs"]["canary"].base_url, "7", 0, served_model=STUB_MODEL)
+    text = call(gw["port"], "/metrics", method="GET").body.decode()
+    seen = {(s.name, s.labels.get("status") or s.labels.get("type") or s.labels.get("le")): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.labels.get("arm") == "canary" and s.labels.get("version") == "7"}
+    for key in (("llm_requests_total", "200"), ("llm_requests_total", "500"), ("llm_errors_total", "upstream_5xx"),
+                ("llm_errors_total", "upstream_connect"), ("llm_fallback_total", None)):
+        assert seen.get(key) == 0.0, (key, sorted(seen))
+    assert any(name == "llm_time_to_first_token_seconds_bucket" for name, _ in seen)
+    admin.remove_canary()
+
+
 def test_weight_change_reaches_every_worker_without_dropping_a_stream(gw) -> None:
     admin: AdminClient = gw["admin"]
     stubs = gw["stubs"]

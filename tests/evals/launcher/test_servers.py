@@ -66,6 +66,17 @@ def test_readiness_deadline() -> None:
     assert srv.proc is None
 
 
+def test_wait_healthy_for_a_server_someone_else_started() -> None:
+    import time
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    assert process.wait_healthy(url, time.monotonic() + 0.5) is False  # nothing listens: deadline
+    assert process.wait_healthy(url, time.monotonic() + 60, alive=lambda: False) is False  # gave up at once
+    with ManagedServer(http_server_spec(port)):
+        assert process.wait_healthy(url, time.monotonic() + 10) is True
+
+
 def test_stop_all_recorded_stops_servers_left_behind(isolated_home: Path) -> None:
     port = free_port()
     srv = ManagedServer(http_server_spec(port)).start()
