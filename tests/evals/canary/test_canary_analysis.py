@@ -203,8 +203,11 @@ def test_inconclusive_past_the_deadline_counts_as_failed(policy):
     assert act.kind == "wait" and act.state.inconclusive_since == 5
     act = next_action(policy, act.state, result(Phase.INCONCLUSIVE, "metric absent"), now=30, hold_s=20)
     assert act.kind == "wait"  # hold over, but nothing concluded: never "next"
-    act = next_action(policy, act.state, result(Phase.INCONCLUSIVE, "metric absent"), now=126, hold_s=20)
-    assert act.kind == "abort" and "inconclusive for 121 s" in act.reason
+    deadline = policy.analysis.inconclusive_deadline_s
+    act = next_action(policy, act.state, result(Phase.INCONCLUSIVE, "metric absent"), now=5 + deadline - 1, hold_s=20)
+    assert act.kind == "wait"  # one second short of the deadline
+    act = next_action(policy, act.state, result(Phase.INCONCLUSIVE, "metric absent"), now=6 + deadline, hold_s=20)
+    assert act.kind == "abort" and f"inconclusive for {deadline + 1:.0f} s" in act.reason
 
 
 def test_window_never_reaches_before_the_step(policy):
