@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from evals import settings
-from evals.launcher.process import ServerSpec
+from evals.errors import BadInput
+from evals.launcher.process import ServerSpec, free_port
 
 AIRFLOW_USERS = {"admin": "admin", "approver": "user", "viewer": "viewer"}
 
@@ -66,9 +68,13 @@ def ensure_airflow_passwords(home: Path, users: dict[str, str] | None = None) ->
     return current
 
 
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
 def airflow_spec(port: int | None = None, *, home: Path | None = None, name: str = "airflow",
                  extra_env: dict[str, str] | None = None, users: dict[str, str] | None = None,
-                 api_server_only: bool = False) -> ServerSpec:
+                 api_server_only: bool = False, components: Sequence[str] | None = None,
+                 health_port: int | None = None) -> ServerSpec:
     """Airflow 3 on SQLite: api-server, scheduler, dag-processor, triggerer in one process group.
 
     This is what `airflow standalone` runs, started by hand because standalone's log
@@ -77,24 +83,57 @@ def airflow_spec(port: int | None = None, *, home: Path | None = None, name: str
     logs from the local files. If one component exits, the group is taken down so the
     failure is seen at once rather than as a half-working UI.
 
-    ``api_server_only`` starts just the UI and REST API over the same metadata DB: what
-    tests need beside ``dag.test()``, which schedules and runs the tasks itself.
+    ``components`` picks a subset of ``COMPONENTS`` for this process group, so that one
+    of them can be killed and restarted alone (tests/faults/test_airflow_live.py kills the
+    scheduler): ``port`` is always the api-server's, in this group or another one. A
+    group with the api-server migrates the DB and is ready when the API answers; a group
+    without it must hold the scheduler, waits for the API before starting, and is ready
+    when the scheduler's health check (on 127.0.0.1:``health_port``) says its job is alive.
+    ``api_server_only`` is ``components=("api-server",)``: the UI and REST API over the
+    metadata DB, what tests need beside ``dag.test()``, which runs the tasks itself.
     """
+    parts = _components(("api-server",) if api_server_only else components)
     port = port if port is not None else settings.current().airflow_port
     home = Path(home or settings.home() / "airflow")
     ensure_airflow_passwords(home, users)
     health = f"http://{settings.LOOPBACK}:{port}/api/v2/monitor/health"
+    started = {
+        "api-server": f"airflow api-server --host {settings.LOOPBACK} --port {port} --workers 1 & ",
+        "scheduler": "airflow scheduler --skip-serve-logs & ",
+        "dag-processor": "airflow dag-processor & ",
+        "triggerer": "airflow triggerer --skip-serve-logs & ",
+    }
     script = (
-        "set -u; airflow db migrate >/dev/null || exit 3; "
-        f"airflow api-server --host {settings.LOOPBACK} --port {port} --workers 1 & "
+        "set -u; "
+        + ("airflow db migrate >/dev/null || exit 3; " + started["api-server"] if "api-server" in parts else "")
         # Tasks report to the api-server's execution API: a scheduler that starts first
         # queues tasks that then fail their first call (seen: a 10 s read timeout, HTTP 400).
-        "for _ in $(seq 1 240); do python -c \"import urllib.request as u; "
+        + "for _ in $(seq 1 240); do python -c \"import urllib.request as u; "
         f"u.urlopen('{health}', timeout=2)\" 2>/dev/null && break; sleep 1; done; "
-        + ("" if api_server_only else
-           "airflow scheduler --skip-serve-logs & airflow dag-processor & airflow triggerer --skip-serve-logs & ")
+        + "".join(started[c] for c in parts if c != "api-server")
         + "wait -n; code=$?; echo \"an Airflow component exited ($code); stopping the rest\"; kill 0; exit $code"
     )
-    return ServerSpec(name=name, argv=["bash", "-c", script], port=port, port_env=settings.var_name(settings.Settings, "airflow_port"),
-                      health_path="/api/v2/monitor/health", env=airflow_env(home, port, extra_env, users),
+    env = airflow_env(home, port, extra_env, users)
+    if "api-server" in parts:
+        return ServerSpec(name=name, argv=["bash", "-c", script], port=port,
+                          port_env=settings.var_name(settings.Settings, "airflow_port"),
+                          health_path="/api/v2/monitor/health", env=env, ready_timeout_s=240.0)
+    health_port = health_port if health_port is not None else free_port()
+    env.update({"AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": settings.LOOPBACK,
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(health_port)})
+    return ServerSpec(name=name, argv=["bash", "-c", script], port=health_port, health_path="/health", env=env,
                       ready_timeout_s=240.0)
+
+
+def _components(wanted: Sequence[str] | None) -> tuple[str, ...]:
+    """``wanted`` checked against COMPONENTS, in their start order (all four when None)."""
+    if wanted is None:
+        return COMPONENTS
+    unknown = sorted(set(wanted) - set(COMPONENTS))
+    if unknown or not wanted:
+        raise BadInput(f"Airflow components {unknown or 'none'}: choose from {', '.join(COMPONENTS)}")
+    if "api-server" not in wanted and "scheduler" not in wanted:
+        raise BadInput("an Airflow process group without the api-server needs the scheduler (its health check "
+                       "is how the group is known to be ready)")
+    return tuple(c for c in COMPONENTS if c in wanted)

@@ -117,6 +117,13 @@ class AirflowApi:
                          "?limit=200")
         return {t["task_id"]: t.get("state") or "none" for t in reply.get("task_instances", [])}
 
+    def clear_task(self, dag_id: str, run_id: str, task_id: str) -> list[str]:
+        """Clear one task of a run, whatever its state (the UI's *Clear*): it runs again. Returns the cleared ids."""
+        body = {"dry_run": False, "dag_run_id": run_id, "task_ids": [task_id], "only_failed": False,
+                "reset_dag_runs": True}
+        reply = self._request("POST", f"/api/v2/dags/{dag_id}/clearTaskInstances", body, token=self._token)
+        return [str(t.get("task_id")) for t in (reply or {}).get("task_instances", [])]
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         """A task's XCom value (deserialized), or None when there is none."""
         path = (f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"

@@ -54,6 +54,11 @@ def _af(id: str, where: str, inject: str, holds: str, real: str = "Airflow api-s
     return Case(id, "airflow", where, inject, holds, real, module)
 
 
+def _live(id: str, where: str, inject: str, holds: str) -> Case:
+    return _af(id, where, inject, holds, real="Airflow api-server + scheduler + dag-processor + triggerer",
+               module="test_airflow_live")
+
+
 def _gw(id: str, where: str, inject: str, holds: str, real: str = "gateway + fault stub upstream") -> Case:
     return Case(id, "gateway", where, inject, holds, real, "test_gateway_cases")
 
@@ -179,11 +184,24 @@ CASES: tuple[Case, ...] = (
         "403; the task keeps waiting; the assigned approver's answer counts"),
     _af("approval-admin-not-approver", "the approval through the REST API", "an answer by the admin",
         "403: only the assigned approver role answers"),
-    # Not in the matrix yet: "no answer within the timeout" and "an answer after the timeout". Under
-    # dag.test() the approval's timeout never fired (the run hung past 10 minutes); to be redone with a
-    # real triggerer.
     _af("approval-bad-option", "the approval through the REST API", "an option that is not offered",
         "4xx; nothing recorded"),
+    # Against a real scheduler (dag.test() has no awaiting-input timeout sweep: the approval never timed out).
+    _live("approval-timeout", "the approval of a running promotion", "nobody answers within response_timeout",
+          "the scheduler's sweep takes the default (Reject, by nobody) after the timeout; promote skipped; a "
+          "`timed_out` record ends the run (failed); the alias unchanged"),
+    _live("approval-answer-after-timeout", "the approval through the REST API, after it timed out",
+          "an Approve by the assigned approver", "409; the default stands, the run stays failed; the alias and "
+          "the audit trail unchanged"),
+    _live("scheduler-killed-approval-pending", "the scheduler, while the approval waits",
+          "SIGKILL of the scheduler's process group; Approve answered while it is down; a new scheduler",
+          "the answer is accepted (the task waits `scheduled`); the new scheduler runs the rest: the alias moves "
+          "once, one applied record"),
+    _live("scheduler-killed-during-promote", "the scheduler, while promote runs (held before its move)",
+          "SIGKILL of the scheduler's process group; a new scheduler",
+          "the alias unchanged while it is down; the orphaned task runner (its own process group, it outlives "
+          "the kill) finishes its compare-before-move, and the new scheduler's retry finds the alias moved "
+          "(changed=False): the alias moves once, one applied record; promote cleared and re-run changes nothing"),
     # -- bad input ----------------------------------------------------------------------------
     _bi("thr-unknown-gate-key", "a threshold file", "`maxx:` in a gate", GATE_BAD),
     _bi("thr-unknown-file-key", "a threshold file", "`gate:` instead of `gates:`", GATE_BAD),
