@@ -33,7 +33,6 @@ DAG_ID = "model_promotion"
 SETTINGS = settings.current()
 APPROVERS = list(SETTINGS.approvers)
 RESPONSE_TIMEOUT = SETTINGS.approval_timeout
-CANARY_DURATION = f"{SETTINGS.canary_duration_s:g}"
 CANARY_THRESHOLDS = SETTINGS.canary_thresholds
 
 REQ = "{{ ti.xcom_pull(task_ids='validate_request') }}"

@@ -51,7 +51,6 @@ EMBEDDED_ENV = {
     "TOLLGATE_EVAL_LIMIT": os.environ.get("TOLLGATE_EVAL_LIMIT", "40"),
     "TOLLGATE_BENCH_USERS": os.environ.get("TOLLGATE_BENCH_USERS", "8"),
     "TOLLGATE_BENCH_DURATION": os.environ.get("TOLLGATE_BENCH_DURATION", "30"),
-    "TOLLGATE_CANARY_DURATION": os.environ.get("TOLLGATE_CANARY_DURATION", "120"),
     "TOLLGATE_APPROVERS": os.environ.get("TOLLGATE_APPROVERS", "approver"),
     "TOLLGATE_EXECUTION": "local",
     "RAGAS_DO_NOT_TRACK": "true",

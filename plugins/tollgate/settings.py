@@ -33,8 +33,6 @@ class AirflowSettings:
                               "(production) or `thresholds/embedded` (the CPU demo profile)")
     canary_thresholds_file: str | None = env("TOLLGATE_CANARY_THRESHOLDS", None, "the canary's gate file "
                                              "(default `$TOLLGATE_THRESHOLDS/canary.yaml`)")
-    canary_duration_s: float = env("TOLLGATE_CANARY_DURATION", "900", "longest the canary watches, seconds",
-                                   positive_float)
     eval_limit: int = env("TOLLGATE_EVAL_LIMIT", "0", "items per eval suite (0: the whole dataset)",
                           non_negative_int)
     bench_users: int = env("TOLLGATE_BENCH_USERS", "50", "concurrent users of the latency benchmark", positive_int)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,8 +29,8 @@ USERS = {"admin": "admin", "approver": "user", "intruder": "user"}
 # machine is today: quality and safety bounds are rates a healthy SmolLM2 meets on any
 # machine and a broken prompt set or server does not; latency is judged against the
 # champion measured by the nightly of this same session (a build 4x slower fails) plus
-# the error rate under load. The canary replays its whole 64-line sample (the duration
-# is only a cap), so the per-arm sample count does not depend on speed either.
+# the error rate under load. The canary is the live one (thresholds/embedded/canary-policy.yaml
+# over the production plane's traffic); its verdict's gates are those bounds, whole-canary.
 PROMOTION_GATES = {
     "quality.yaml": """
 gates:
@@ -55,11 +56,11 @@ gates:
 """,
     "canary.yaml": """
 gates:
-  quality: {metric: canary_quality, min: 0.40}
-  error_rate: {metric: canary_error_rate, max: 0.02}
-  error_rate_vs_stable: {metric: canary_error_rate_delta, max: 0.01}
+  quality: {metric: canary_quality, min: 0.0}  # live traffic prompts: SmolLM2 scores ~0.05; judged vs stable
+  error_rate: {metric: canary_error_rate, max: 0.05}
+  error_rate_vs_stable: {metric: canary_error_rate_delta, max: 0.05}
   no_quality_regression: {metric: canary_significant_quality_regression, max: 0}
-  enough_samples: {metric: canary_min_arm_samples, min: 15}
+  enough_samples: {metric: canary_min_arm_samples, min: 3}
 """,
 }
 
@@ -70,6 +71,7 @@ class Stack:
     api_url: str
     passwords: dict[str, str]
     home: Path
+    model_dir: Path
 
 
 def _prompt(version: str, *, few_shot: bool, temperature: float) -> tuple[str, dict]:
@@ -85,7 +87,7 @@ def _prompt(version: str, *, few_shot: bool, temperature: float) -> tuple[str, d
 
 @contextmanager
 def embedded_stack(model: str, versions: dict[str, tuple[bool, float]], gates: dict[str, str], *, s3_server,
-                   mlflow_server, tmp_path_factory, production_plane: bool = False) -> Iterator[Stack]:
+                   mlflow_server, tmp_path_factory) -> Iterator[Stack]:
     """Publish and register ``versions`` ({version: (few_shot, temperature)}) of ``model``,
     make the first the champion (an audited bootstrap), write ``gates`` as the threshold
     folder, and serve Airflow's REST API over the session's metadata DB."""
@@ -113,7 +115,6 @@ def embedded_stack(model: str, versions: dict[str, tuple[bool, float]], gates: d
         "TOLLGATE_EVAL_LIMIT": "8",
         "TOLLGATE_BENCH_USERS": "4",
         "TOLLGATE_BENCH_DURATION": "8",
-        "TOLLGATE_CANARY_DURATION": "600",  # a cap: the replay ends when its sample is sent
         "TOLLGATE_APPROVERS": "approver",
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
         # the progressive canary after an approval: the embedded profile (short steps, small samples)
@@ -135,15 +136,11 @@ def embedded_stack(model: str, versions: dict[str, tuple[bool, float]], gates: d
 
     airflow_home = Path(os.environ["AIRFLOW_HOME"])
     spec = airflow_spec(free_port(), home=airflow_home, name="airflow-api-test", users=USERS, api_server_only=True)
-    plane_servers: list = []
     try:
-        if production_plane:  # the champion behind the gateway, Prometheus, live traffic: what the canary judges
-            _start_production_plane(model, next(iter(versions)), s3_server, model_dir, plane_servers)
         with ManagedServer(spec, log_dir=home / "logs"):
             passwords = json.loads((airflow_home / "passwords.json").read_text())
-            yield Stack(model, spec.base_url, passwords, home)
+            yield Stack(model, spec.base_url, passwords, home, model_dir)
     finally:
-        _stop_production_plane(home / "deploy" / f"{model}.json", plane_servers)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -151,7 +148,19 @@ def embedded_stack(model: str, versions: dict[str, tuple[bool, float]], gates: d
                 os.environ[k] = v
 
 
-def _start_production_plane(model: str, version: str, s3_server, model_dir: Path, started: list) -> None:
+@contextmanager
+def live_plane(stack: Stack, s3_server) -> Iterator[Any]:
+    """The production plane (evals.launcher.production.Plane) for the champion of ``stack`` while
+    the block runs (a canary needs it; the evaluations before it do not, and its traffic would
+    take a core from them)."""
+    started: list = []
+    try:
+        yield _start_production_plane(stack.model, champion(stack) or "1", s3_server, stack.model_dir, started)
+    finally:
+        _stop_production_plane(stack.home / "deploy" / f"{stack.model}.json", started)
+
+
+def _start_production_plane(model: str, version: str, s3_server, model_dir: Path, started: list) -> Any:
     """evals.launcher.production's plane for ``model:version`` plus a bounded traffic trickle; env for the DAG."""
     import secrets
 
@@ -169,6 +178,7 @@ def _start_production_plane(model: str, version: str, s3_server, model_dir: Path
     os.environ["TOLLGATE_PROMETHEUS_URL"] = plane.prometheus_url
     plane.start_traffic(rate=1.5, duration_s=1800, max_tokens=8)
     started.append(plane)
+    return plane
 
 
 def _stop_production_plane(slots_file: Path, started: list) -> None:

