@@ -333,13 +333,28 @@ def next_action(policy: CanaryRolloutPolicy, state: StepState, result: AnalysisR
     if phase is Phase.FAILED and failed >= a.max_failed_checks:
         return Action("abort", f"{failed} failed analyses at {state.weight} % (max {a.max_failed_checks}): {why}",
                       new)
-    if phase is Phase.SUCCESSFUL and now - state.started >= hold_s:
-        return Action("next", f"{state.weight} % held {now - state.started:.0f} s: {why}", new)
+    if phase is Phase.SUCCESSFUL and _held(state, new.analyses, now, hold_s, a.interval_s):
+        return Action("next", f"{state.weight} % held {now - state.started:.0f} s ({new.analyses} analyses): {why}",
+                      new)
     return Action("wait", f"{phase.value} at {state.weight} %: {why}", new)
 
 
+def _held(state: StepState, analyses: int, now: float, hold_s: float, interval_s: float) -> bool:
+    """The hold is over by the clock AND by the count of analyses (one per interval, Flagger's iterations).
+
+    ``started`` comes from the worker that set the weight, ``now`` from the one analysing: with
+    their clocks apart by more than the hold, time alone would pass a step at its first
+    Successful analysis. The count cannot be skewed; a slow analysis loop holds longer, never shorter.
+    """
+    return now - state.started >= hold_s and analyses * interval_s >= hold_s
+
+
 def window_for(policy: CanaryRolloutPolicy, state: StepState, now: float) -> float:
-    """The analysis window: the policy's, but never reaching back before this step's weight was set."""
+    """The analysis window: the policy's, but never reaching back before this step's weight was set.
+
+    Between one interval and the policy's window whatever the two clocks say: a clock behind
+    the weight's (``now`` before ``started``) gives one interval, never an empty or negative range.
+    """
     since = max(now - state.started, policy.analysis.interval_s)
     return min(policy.analysis.window_s, since)
 

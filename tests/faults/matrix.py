@@ -244,6 +244,15 @@ CASES: tuple[Case, ...] = (
     _gw("canary-prometheus-unreachable", "canary analysis (evals.canary.analysis)", "nothing listens at the "
         "Prometheus URL", "Inconclusive (never Successful); past the policy's deadline a Failed analysis, then abort; "
         "never the next step", real="the HTTP PromQL client"),
+    _gw("canary-metric-absent", "canary analysis (evals.canary.analysis) against a real Prometheus",
+        "no `llm_*` series for the model (Prometheus up, nothing scraped)", "Inconclusive naming the absent metric "
+        "(never Successful); past the policy's deadline a Failed analysis, then abort; never the next step",
+        real="Prometheus"),
+    _gw("canary-clock-skew", "the canary step controller (evals.canary.analysis.next_action, window_for)",
+        "the analysing worker's clock 10 min ahead of, then 10 min behind, the one that set the weight",
+        "ahead: the step still holds for ceil(hold / interval) Successful analyses, never moves on at its first; "
+        "the window stays within the policy's; behind: a window of one interval (never empty or negative), the "
+        "step waits", real="- (a clock cannot be skewed here on purpose)"),
     _gw("drift-corrupt-parquet", "python -m evals.drift --reference/--current", "files that are not Parquet",
         "exit 2 naming the flag and the file; no results written", real="-"),
 )

@@ -140,6 +140,67 @@ def prometheus_unreachable(gw: dict[str, Any], tmp: Path) -> None:
     assert "next" not in kinds and kinds[-1] == "abort", kinds
 
 
+def _abort_past_the_deadline(result: Any, policy: Any) -> list[str]:
+    """Feed the same undecided ``result`` to the step controller until it aborts; the actions it took."""
+    from evals.canary.analysis import Phase, StepState, next_action
+
+    assert result.phase is Phase.INCONCLUSIVE, result
+    state, now, kinds = StepState(weight=10, started=1000.0), 1000.0, []
+    for _ in range(policy.analysis.max_failed_checks + 1):
+        now += policy.analysis.inconclusive_deadline_s + 1  # the deadline passes between analyses
+        action = next_action(policy, state, result, now, hold_s=0)
+        kinds.append(action.kind)
+        state = action.state
+        if action.kind == "abort":
+            break
+    return kinds
+
+
+def metric_absent(gw: dict[str, Any], tmp: Path) -> None:
+    from evals.canary.analysis import analyse, prometheus_query
+    from evals.canary.policy import load_policy
+    from evals.launcher.prometheus import prometheus_spec
+
+    policy = load_policy()
+    port = free_port()
+    spec = prometheus_spec(port, state_dir=tmp / "prom", targets=tmp / "targets", name=f"prometheus-faults-{port}")
+    with ManagedServer(spec, log_dir=tmp / "logs") as prom:
+        result = analyse(policy, prometheus_query(prom.spec.base_url, timeout_s=5), model="m", weight=10)
+    assert any("metric absent" in r for r in result.reasons), result
+    assert result.requests == {"canary": 0.0, "stable": 0.0}, result
+    kinds = _abort_past_the_deadline(result, policy)
+    assert "next" not in kinds and kinds[-1] == "abort", kinds
+
+
+def clock_skew(gw: dict[str, Any], tmp: Path) -> None:
+    from evals.canary.analysis import AnalysisResult, Phase, StepState, next_action, window_for
+    from evals.canary.policy import load_policy
+
+    policy = load_policy(REPO_ROOT / "thresholds" / "embedded" / "canary-policy.yaml")
+    a = policy.analysis
+    hold = max(step.hold_s for step in policy.steps)
+    need = int(-(-hold // a.interval_s))  # ceil(hold / interval)
+    ok = AnalysisResult(Phase.SUCCESSFUL, (), {"canary": 50.0, "stable": 50.0}, a.window_s, ("every check holds",))
+    started = 1_000_000.0
+    # ahead: the analysing clock reads 10 minutes past the weight's, far beyond the hold
+    state, kinds = StepState(weight=25, started=started), []
+    for i in range(need):
+        now = started + 600 + (i + 1) * a.interval_s
+        assert a.interval_s <= window_for(policy, state, now) <= a.window_s
+        action = next_action(policy, state, ok, now, hold_s=hold)
+        kinds.append(action.kind)
+        state = action.state
+    assert kinds == ["wait"] * (need - 1) + ["next"], kinds
+    # behind: the analysing clock reads 10 minutes before the weight was set
+    state = StepState(weight=25, started=started)
+    for i in range(need + 2):
+        now = started - 600 + (i + 1) * a.interval_s
+        assert window_for(policy, state, now) == a.interval_s
+        action = next_action(policy, state, ok, now, hold_s=hold)
+        assert action.kind == "wait", action
+        state = action.state
+
+
 def drift_corrupt(gw: dict[str, Any], tmp: Path) -> None:
     bad = tmp / "window.parquet"
     bad.write_bytes(b"PAR1 this is not a parquet file PAR1")
@@ -156,7 +217,7 @@ def drift_corrupt(gw: dict[str, Any], tmp: Path) -> None:
 IMPL: dict[str, Callable[[dict[str, Any], Path], None]] = {
     "gw-upstream-reset-mid-stream": reset_mid_stream, "gw-upstream-503": upstream_503, "gw-admin-bad-token": bad_token,
     "gw-s3-down-during-flush": s3_down, "canary-prometheus-unreachable": prometheus_unreachable,
-    "drift-corrupt-parquet": drift_corrupt,
+    "canary-metric-absent": metric_absent, "canary-clock-skew": clock_skew, "drift-corrupt-parquet": drift_corrupt,
 }
 
 

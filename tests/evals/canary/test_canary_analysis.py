@@ -181,11 +181,26 @@ def result(phase, reason="x"):
 
 
 def test_controller_waits_for_the_hold_then_moves_on(policy):
+    interval = policy.analysis.interval_s
+    hold = 4 * interval
     s = StepState(weight=5, started=1000.0)
-    act = next_action(policy, s, result(Phase.SUCCESSFUL), now=1010.0, hold_s=20)
-    assert act.kind == "wait"
-    act = next_action(policy, act.state, result(Phase.SUCCESSFUL), now=1021.0, hold_s=20)
-    assert act.kind == "next" and act.state.analyses == 2
+    now = 1000.0
+    for _ in range(3):
+        now += interval + 0.4
+        s = next_action(policy, s, result(Phase.SUCCESSFUL), now=now, hold_s=hold).state
+    act = next_action(policy, s, result(Phase.SUCCESSFUL), now=1000.0 + hold - 1, hold_s=hold)
+    assert act.kind == "wait"  # four analyses, one second short of the hold
+    act = next_action(policy, s, result(Phase.SUCCESSFUL), now=1000.0 + hold + 1.6, hold_s=hold)
+    assert act.kind == "next" and act.state.analyses == 4
+
+
+def test_a_slow_analysis_loop_holds_until_the_count_too(policy):
+    # Two analyses 10 intervals apart cover the hold by the clock, not by the count: wait.
+    interval = policy.analysis.interval_s
+    s = StepState(weight=5, started=0.0)
+    act = next_action(policy, s, result(Phase.SUCCESSFUL), now=5 * interval, hold_s=4 * interval)
+    act = next_action(policy, act.state, result(Phase.SUCCESSFUL), now=10 * interval, hold_s=4 * interval)
+    assert act.kind == "wait" and act.state.analyses == 2
 
 
 def test_controller_aborts_after_max_failed_checks():
