@@ -147,6 +147,9 @@ def test_a_failing_canary_is_aborted_at_5_percent_and_rolled_back(stack: Stack, 
 
 @pytest.mark.browser
 def test_approved_in_the_ui_runs_the_canary_and_moves_the_alias(stack: Stack, plane) -> None:
+    import time
+
+    from evals.launcher import wait_healthy
     from tests.plugins.airflow_run import xcom
     from tollgate import rollout
 
@@ -154,7 +157,7 @@ def test_approved_in_the_ui_runs_the_canary_and_moves_the_alias(stack: Stack, pl
     dr, states, outcome = run_promotion(stack, "2", answer="Approve", in_browser=True)
     # the deployment after the run: v2 is the stable slot, no canary, v1 retired after its warm time
     deployed = rollout.deployment_for(stack.model).state()
-    old_answers = _answers(old_url)
+    old_answers = wait_healthy(old_url + "/health", deadline=time.monotonic())  # one try
     assert "error" not in outcome, outcome
     assert "| Gate" not in outcome["page"] and "Gate" in outcome["page"], "the gate report renders as a table"
     page = outcome["page"]
@@ -184,13 +187,3 @@ def test_rerunning_a_promotion_that_happened_changes_nothing(stack: Stack) -> No
     assert dr.state == "success"
     assert states["stage_weights"] == "skipped" and states["approval"] == "skipped"
     assert champion(stack) == "2" and len(audit(stack)) == before
-
-
-def _answers(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as r:  # noqa: S310 - loopback
-            return r.status == 200
-    except OSError:
-        return False

@@ -11,7 +11,6 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -119,34 +118,29 @@ def s3_down(gw: dict[str, Any], tmp: Path) -> None:
 
 
 def prometheus_unreachable(gw: dict[str, Any], tmp: Path) -> None:
-    from evals.canary.analysis import Phase, StepState, analyse, next_action, prometheus_query
+    from evals.canary.analysis import analyse, prometheus_query
     from evals.canary.policy import load_policy
 
     policy = load_policy()
     query = prometheus_query(f"http://127.0.0.1:{free_port()}", timeout_s=2)
-    t0 = time.time()
-    state = StepState(weight=10, started=t0)
-    kinds = []
-    now = t0
-    for _ in range(policy.analysis.max_failed_checks + 1):
+
+    def unreachable() -> Any:
         result = analyse(policy, query, model="m", weight=10)
-        assert result.phase is Phase.INCONCLUSIVE and "unreachable" in result.reasons[0], result
-        now += policy.analysis.inconclusive_deadline_s + 1  # the deadline passes between analyses
-        action = next_action(policy, state, result, now, hold_s=0)
-        kinds.append(action.kind)
-        state = action.state
-        if action.kind == "abort":
-            break
+        assert "unreachable" in result.reasons[0], result
+        return result
+
+    kinds = _abort_past_the_deadline(unreachable, policy)
     assert "next" not in kinds and kinds[-1] == "abort", kinds
 
 
-def _abort_past_the_deadline(result: Any, policy: Any) -> list[str]:
-    """Feed the same undecided ``result`` to the step controller until it aborts; the actions it took."""
+def _abort_past_the_deadline(analysis: Callable[[], Any], policy: Any) -> list[str]:
+    """Analyse (each must be Inconclusive) and feed the step controller until it aborts; the actions it took."""
     from evals.canary.analysis import Phase, StepState, next_action
 
-    assert result.phase is Phase.INCONCLUSIVE, result
     state, now, kinds = StepState(weight=10, started=1000.0), 1000.0, []
     for _ in range(policy.analysis.max_failed_checks + 1):
+        result = analysis()
+        assert result.phase is Phase.INCONCLUSIVE, result
         now += policy.analysis.inconclusive_deadline_s + 1  # the deadline passes between analyses
         action = next_action(policy, state, result, now, hold_s=0)
         kinds.append(action.kind)
@@ -168,7 +162,7 @@ def metric_absent(gw: dict[str, Any], tmp: Path) -> None:
         result = analyse(policy, prometheus_query(prom.spec.base_url, timeout_s=5), model="m", weight=10)
     assert any("metric absent" in r for r in result.reasons), result
     assert result.requests == {"canary": 0.0, "stable": 0.0}, result
-    kinds = _abort_past_the_deadline(result, policy)
+    kinds = _abort_past_the_deadline(lambda: result, policy)
     assert "next" not in kinds and kinds[-1] == "abort", kinds
 
 
