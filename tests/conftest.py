@@ -23,4 +23,4 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
-pytest_plugins = ["tests.fixtures.airflow", "tests.fixtures.vllm", "tests.fixtures.s3", "tests.fixtures.mlflow"]
+pytest_plugins = ["tests.scheduling", "tests.fixtures.airflow", "tests.fixtures.vllm", "tests.fixtures.s3", "tests.fixtures.mlflow"]
