@@ -20,7 +20,9 @@ histogram (bucket midpoints; no flush lag, the embedded default) and ``requestlo
 reads the exact per-request scores of the Parquet request log (production: a histogram
 has no sum of squares, so its variance, and Welch's test, is only approximate).
 
-Fail closed: too few requests is Inconclusive; a metric absent or Prometheus unreachable
+Fail closed: too few requests is Inconclusive (unless the canary's errors or guardrail
+hits already break the absolute bound with every missing request counted a success: a
+failure no further request can undo is Failed at once); a metric absent or Prometheus unreachable
 is Inconclusive, never Successful; the step controller (:func:`next_action`) turns an
 Inconclusive that lasts past the policy's deadline into a Failed analysis, and
 ``max_failed_checks`` Failed analyses abort the canary.
@@ -261,7 +263,15 @@ def analyse(policy: CanaryRolloutPolicy, query: QueryFn, *, model: str, weight: 
     checks.append(quality)
     metrics = _verdict_metrics(c, s, requests, qmetrics)
     if short:
-        # Too few requests: nothing is concluded, not even a failure (Flagger's rule too).
+        # Too few requests: nothing is concluded (Flagger's rule too), except a failure that
+        # more requests cannot undo: errors (or guardrail hits) already above the bound even
+        # if every request still missing to the minimum succeeded.
+        decided = [why for why in (
+            _decided_early("error_ratio", ch.error_ratio, c.values["error_ratio"], requests[CANARY], need),
+            _decided_early("guardrail_rate", ch.guardrail_rate, c.values["guardrail_rate"], requests[CANARY], need),
+        ) if why]
+        if decided and c.requests is not None:
+            return AnalysisResult(Phase.FAILED, tuple(checks), requests, w, tuple(decided), metrics)
         return AnalysisResult(Phase.INCONCLUSIVE, tuple(checks), requests, w, tuple(short), metrics)
     failed = [x.reason for x in checks if x.status == "fail"]
     if failed:
@@ -270,6 +280,24 @@ def analyse(policy: CanaryRolloutPolicy, query: QueryFn, *, model: str, weight: 
     if unknown:
         return AnalysisResult(Phase.INCONCLUSIVE, tuple(checks), requests, w, tuple(unknown), metrics)
     return AnalysisResult(Phase.SUCCESSFUL, tuple(checks), requests, w, ("every check holds",), metrics)
+
+
+def _decided_early(name: str, bound: Bound, ratio: float | None, requests: float, need: int) -> str | None:
+    """Why a ratio check already fails below the minimum sample, or None.
+
+    ``ratio * requests`` events (errors, guardrail hits) over at least ``need`` requests is
+    the lowest ratio the window can still reach: above the absolute bound, no further
+    request changes the outcome. (The bound relative to stable is left to the full sample:
+    stable's ratio still moves.)
+    """
+    if bound.absolute is None or ratio is None or not requests or math.isnan(ratio):
+        return None
+    events = ratio * requests
+    floor = events / max(requests, float(need))
+    if floor <= bound.absolute:
+        return None
+    return (f"{name}: {events:.3g} in {requests:.3g} canary requests; even if the rest of the minimum {need} "
+            f"succeed it stays >= {floor:.4g} > {bound.absolute:g} (decided before the minimum sample)")
 
 
 def _verdict_metrics(c: _Arm, s: _Arm, requests: dict[str, float], quality: dict[str, float]) -> dict[str, float]:

@@ -8,7 +8,9 @@ One parser, :func:`load_policy`; every refusal is one line naming the file and t
 - ``analysis``: how often a step is analysed (``interval_s``), over which PromQL window
   (``window_s``), how many Failed analyses abort (``max_failed_checks``), how long a step
   may stay Inconclusive before that counts as Failed (``inconclusive_deadline_s``), and the
-  fewest requests per arm before anything is concluded (``min_requests_per_arm``);
+  fewest requests per arm before anything is concluded (``min_requests_per_arm``; only
+  errors or guardrail hits that break the bound even if every missing request succeeds
+  fail earlier);
 - ``checks``: each bound, absolute AND relative to the stable arm over the same window;
 - ``old_stable_warm_s``: how long the previous stable keeps running after 100 %;
 - ``metrics``: the metric and label names the gateway exports (the PromQL is built from them).

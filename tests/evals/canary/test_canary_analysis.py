@@ -108,9 +108,33 @@ def test_relative_bound_catches_what_the_absolute_one_allows(policy):
 
 
 def test_too_few_requests_is_inconclusive_even_when_a_bound_breaks(policy):
-    q = fake_prometheus(policy, {"canary": arm_data(requests=2, errors=2), "stable": arm_data()})
+    # p95 latency over the bound on 2 requests: the third could change it.
+    q = fake_prometheus(policy, {"canary": arm_data(requests=2, p95=25.0), "stable": arm_data()})
     r = analyse(policy, q, model="m", weight=5, window_s=30)
     assert r.phase is Phase.INCONCLUSIVE and "need 3" in r.reasons[0]
+
+
+@pytest.mark.parametrize(("canary", "check"), [
+    (arm_data(requests=1, errors=1), "error_ratio"),  # 1 error: >= 1/3 whatever the next 2 do (bound 0.05)
+    (arm_data(requests=2, errors=1), "error_ratio"),
+    (arm_data(requests=2, guardrail=1), "guardrail_rate"),  # >= 1/3 > 0.2
+])
+def test_errors_no_further_request_can_undo_fail_before_the_minimum_sample(policy, canary, check):
+    q = fake_prometheus(policy, {"canary": canary, "stable": arm_data()})
+    r = analyse(policy, q, model="m", weight=5, window_s=30)
+    assert r.phase is Phase.FAILED, r.reasons
+    assert r.reasons[0].startswith(check) and "decided before the minimum sample" in r.reasons[0]
+
+
+def test_errors_more_requests_could_still_dilute_stay_inconclusive():
+    # Production: at least 1000 requests, errors <= 2 %: 5 errors in 10 requests could still
+    # end at 0.5 % of 1000, so nothing is concluded yet; 21 errors cannot.
+    prod = load_policy(ROOT / "thresholds" / "canary-policy.yaml")
+    q = fake_prometheus(prod, {"canary": arm_data(requests=10, errors=5), "stable": arm_data(requests=5000)})
+    assert analyse(prod, q, model="m", weight=5, window_s=30).phase is Phase.INCONCLUSIVE
+    q = fake_prometheus(prod, {"canary": arm_data(requests=30, errors=21), "stable": arm_data(requests=5000)})
+    r = analyse(prod, q, model="m", weight=5, window_s=30)
+    assert r.phase is Phase.FAILED and ">= 0.021 > 0.02" in r.reasons[0]
 
 
 def test_absent_metric_or_unreachable_prometheus_is_never_successful(policy):
