@@ -10,7 +10,9 @@ reports that verdict beside the deciding one (it never changes the exit code).
 "baseline established" (a fresh install's first evaluate); a promotion never passes it.
 
 Exit 0 when every gate passes, 1 when any fails (fail closed on missing, null, NaN or
-non-numeric metrics), 2 on bad input with one line naming the file and key.
+non-numeric metrics), 2 on bad input with one line naming the file and key. A gate on
+a metric the suite never produces (a typo) is bad input: the suite is the results'
+``meta.suite``, else the threshold file's stem, and evals.catalogue lists its names.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from evals import gates
+from evals import catalogue, gates
 from evals.errors import EXIT_FAIL, EXIT_PASS
 from evals.results import load_results, sha256_file, utc_now, write_json_atomic
 
@@ -49,10 +52,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     baseline = load_results(args.baseline, "--baseline") if args.baseline else None
     production = gates.load_threshold_file(args.production_threshold_file, "--production-threshold-file") \
         if args.production_threshold_file else None
+    raw_meta = results.get("meta")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+    # A gate on a metric the suite never produces is a typo (exit 2); one a run lacks fails closed below.
+    gates.check_metrics(thresholds, catalogue.suite_for(meta.get("suite"), args.threshold_file))
+    if production is not None:
+        gates.check_metrics(production, catalogue.suite_for(meta.get("suite"), args.production_threshold_file))
     verdict = gates.evaluate(thresholds, results, baseline, establish_baseline=args.establish_baseline)
     prod_verdict = gates.evaluate(production, results, baseline) if production is not None else None
 
-    meta = results.get("meta") or {}
     subject = ":".join(str(meta[k]) for k in ("model", "version") if meta.get(k)) or Path(args.results).name
     suite = meta.get("suite") or Path(args.threshold_file).stem
     payload = {

@@ -12,7 +12,9 @@ A threshold file (docs/ARCHITECTURE.md, "Threshold files"):
         confidence: 0.95         # optional: judge a bootstrap bound, not the mean
 
 Fail closed: a gate whose metric is missing, null, NaN, infinite, or not a number
-fails and says why. A file that is not this shape is bad input (BadInput, exit 2).
+fails and says why. A file that is not this shape is bad input (BadInput, exit 2), and so
+is a gate on a metric its suite never produces (``check_metrics``, evals.catalogue): a
+typo, not a failed run; a metric the suite produces that a run lacks still fails closed.
 
 Baselines: `*_delta_vs_baseline` metrics are absolute differences in the metric's
 own units, ``candidate - baseline``; `*_ratio_vs_baseline` metrics are ``candidate /
@@ -36,7 +38,8 @@ from typing import Any
 
 import yaml
 
-from evals import inputs, paired
+from evals import catalogue, inputs, paired
+from evals.catalogue import DELTA_SUFFIX, DERIVED_SUFFIXES, RATIO_SUFFIX
 from evals.errors import BadInput
 from evals.results import is_number
 
@@ -50,9 +53,6 @@ COMPARISONS: dict[str, tuple[str, str]] = {
 GATE_KEYS = {"metric", "min", "max", "comparison", "description", "confidence", "on", "mde"}
 DECIDE_ON = ("value", "ci_lower", "ci_upper")
 FILE_KEYS = {"gates", "description", "profile"}
-DELTA_SUFFIX = "_delta_vs_baseline"
-RATIO_SUFFIX = "_ratio_vs_baseline"
-DERIVED_SUFFIXES = (DELTA_SUFFIX, RATIO_SUFFIX)
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20261125
 
@@ -263,6 +263,22 @@ def parse_threshold_text(text: str, path: str = "<thresholds>") -> ThresholdFile
 def load_threshold_file(path: str | Path, flag: str = "--threshold-file") -> ThresholdFile:
     p = Path(path)
     return parse_threshold_text(inputs.read_text(p, flag), str(p))
+
+
+def check_metrics(thresholds: ThresholdFile, suite: str | None) -> None:
+    """Refuse a gate on a metric ``suite`` never produces: BadInput naming the file and
+    ``gates.NAME.metric`` (exit 2). A typo is bad input; a produced metric that one run's
+    results lack is not, it fails closed when judged (exit 1).
+
+    ``suite`` None, or a suite no producer declares (evals.catalogue): nothing to check
+    against, every gate is judged as it is and a missing metric fails closed.
+    """
+    names = catalogue.for_suite(suite)
+    if names is None:
+        return
+    for gate in thresholds.gates:
+        if not names.knows(gate.metric):
+            raise BadInput(f"{thresholds.path}: gates.{gate.name}.metric: {names.unknown(gate.metric)}")
 
 
 # -- baselines --------------------------------------------------------------------

@@ -51,6 +51,7 @@ from evals.results import build_meta, parse_model_ref, sha256_file, utc_now, wri
 log = logging.getLogger("tollgate.canary")
 
 DEFAULT_THRESHOLDS = settings.REPO_ROOT / "thresholds" / "canary.yaml"
+SUITE = "canary"  # meta.suite of the verdict file; evals.catalogue.CANARY lists its metric names
 SERVICE_PORT = 8000  # vLLM's default port; the in-cluster Services of infra/ listen on it
 DEPLOYMENT = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 
@@ -70,6 +71,7 @@ def build_policy(args: argparse.Namespace) -> tuple[CanaryPolicy, gates.Threshol
     """Defaults <- threshold file <- flags; returns the policy and the gates with the same bounds."""
     path = args.threshold_file or (str(DEFAULT_THRESHOLDS) if DEFAULT_THRESHOLDS.is_file() else None)
     thresholds = gates.load_threshold_file(path) if path else gates.ThresholdFile(path="<built-in>", gates=())
+    gates.check_metrics(thresholds, SUITE)  # a gate on a name no canary writes is a typo: exit 2, no request sent
     bounds: dict[str, float] = {}
     for g in thresholds.gates:
         if g.metric in POLICY_METRICS:
@@ -208,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdict = final_verdict(stats, gate_verdict)
 
     meta = build_meta(
-        model=name, version=version, suite="canary", started=started, deployment=args.deployment,
+        model=name, version=version, suite=SUITE, started=started, deployment=args.deployment,
         stable_endpoint=stable_url, canary_endpoint=canary_url, stable_model=s_ref, canary_model=c_ref,
         canary_weight=args.canary_weight, duration_requested_s=args.duration, duration_s=round(elapsed, 2),
         traffic=str(args.traffic), traffic_lines=len(traffic), requests_sent=len(samples),

@@ -46,6 +46,7 @@ log = logging.getLogger("tollgate.drift")
 
 THRESHOLDS = settings.REPO_ROOT / "thresholds" / "drift.yaml"
 WARN_THRESHOLDS = settings.REPO_ROOT / "thresholds" / "drift.warn.yaml"
+SUITE = "drift"  # meta.suite of the results; evals.catalogue.DRIFT lists its metric names
 ROW_METRICS = ("reference_rows", "current_rows")
 NOT_PERSISTENT = {"drift_checks_passed", *ROW_METRICS}
 DEFAULT_MIN_ROWS = 1000
@@ -108,6 +109,10 @@ def _validate(args: argparse.Namespace) -> tuple[gates.ThresholdFile, gates.Thre
     thresholds = gates.load_threshold_file(args.thresholds, "--thresholds")
     warn = None if args.warn_thresholds == "none" else gates.load_threshold_file(args.warn_thresholds,
                                                                                   "--warn-thresholds")
+    # a gate on a name drift never writes is a typo: bad input before any window is read
+    for gate_file in (thresholds, warn):
+        if gate_file is not None:
+            gates.check_metrics(gate_file, SUITE)
     return thresholds, warn
 
 
@@ -221,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = [f for c in window_checks for f in c.failures]
     elapsed = time.perf_counter() - t0
 
-    meta = build_meta(model=name, version=version, suite="drift", started=started, reference=args.reference,
+    meta = build_meta(model=name, version=version, suite=SUITE, started=started, reference=args.reference,
                       current=args.current, current_files=len(current.files), alpha=args.alpha, min_rows=min_rows,
                       threshold_file=thresholds.path, thresholds_sha256=sha256_file(thresholds.path),
                       reference_info=ref.info, duration_s=round(elapsed, 3),

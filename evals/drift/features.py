@@ -21,9 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-NUMERIC = ("prompt_tokens", "output_tokens", "ttft_s", "duration_s", "feedback_score", "refusal",
-           "guardrail_hits", "fallback")
-CATEGORICAL = ("status", "arm", "language", "topic", "answer_class")
+from evals.catalogue import DRIFT_CATEGORICAL, DRIFT_NUMERIC
+
+# The feature lists are the drift suite's metric catalogue (evals.catalogue): a gate may name
+# X_psi_drift, X_ks_drift, ... only for these X.
+NUMERIC = DRIFT_NUMERIC
+CATEGORICAL = DRIFT_CATEGORICAL
 MISSING = "(missing)"
 
 # First-token classes of an answer, checked in this order (lower-cased, leading space trimmed).

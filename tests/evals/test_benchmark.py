@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from evals import catalogue
 from evals._cli import run_main
 from evals.benchmark import main
 from evals.launcher import free_port
@@ -40,6 +41,7 @@ def test_closed_loop_writes_metrics_samples_and_cdf(tmp_path, stream_stubs):  # 
     assert m["mean_output_tokens"] == 6  # the stub honours max_tokens; usage is read
     assert m["requested_concurrency"] == 4 and m["peak_in_flight"] <= 4
     assert "requested_rate_rps" not in m  # closed loop: no rate was asked for
+    assert catalogue.LATENCY.undeclared(m) == []  # every name written is one a gate may bound
     assert m["connections_opened"] == 4  # keep-alive: one connection per user for the whole run
     assert res["meta"]["model"] == "stub" and res["meta"]["version"] == "1"
     assert res["meta"]["suite"] == "latency" and res["meta"]["config"]["load"]["mode"] == "closed"
@@ -84,6 +86,7 @@ def test_open_loop_reports_shortfall_and_client_queue(tmp_path, stream_stubs):  
     assert code == 0
     m = res["metrics"]
     assert m["requested_rate_rps"] == 200 and m["requested_concurrency"] == 1
+    assert catalogue.LATENCY.undeclared(m) == []
     assert m["peak_in_flight"] == 1
     assert m["delivered_rate_rps"] < 100
     assert m["client_queue_p95_ms"] > m["latency_p50_ms"]  # arrivals wait behind earlier requests

@@ -121,3 +121,78 @@ def test_bad_input_exits_2_with_one_line_and_no_output_file(tmp_path: Path, setu
 
 def test_unknown_flag_is_exit_2() -> None:
     assert gate_check("--results", "x", "--threshold-file", "y", "--frobnicate").returncode == 2
+
+
+# -- unknown metrics (evals.catalogue): a typo is bad input, a produced metric a run lacks fails closed --
+
+
+def test_a_gate_on_a_metric_the_suite_never_produces_is_exit_2_naming_file_and_field(
+        tmp_path: Path, quality_results: Path) -> None:
+    typo = write(tmp_path / "quality.yaml", (REPO_ROOT / "thresholds" / "quality.yaml").read_text()
+                 .replace("metric: groundedness_score", "metric: groundednes_score"))
+    out, report = tmp_path / "verdict.json", tmp_path / "report.md"
+    proc = gate_check("--results", str(quality_results), "--threshold-file", str(typo), "--output", str(out),
+                      "--report", str(report))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert (f"{typo}: gates.groundedness.metric: unknown metric 'groundednes_score' for the quality suite "
+            f"(did you mean 'groundedness_score'? known: ") in lines[0]
+    assert not out.exists() and not report.exists() and proc.stdout == ""  # no verdict, no report, no table
+
+
+def test_a_known_metric_the_run_did_not_produce_fails_closed_exit_1(tmp_path: Path) -> None:
+    # a broken run: the quality suite writes answer_relevancy, this results file lacks it
+    results = write(tmp_path / "q.json", {"metrics": {"task_success_rate": 0.97}, "meta": {"suite": "quality"}})
+    gate = write(tmp_path / "gates.yaml", "gates:\n  success: {metric: task_success_rate, min: 0.9}\n"
+                                          "  relevant: {metric: answer_relevancy, min: 0.5}\n")
+    out = tmp_path / "verdict.json"
+    proc = gate_check("--results", str(results), "--threshold-file", str(gate), "--output", str(out))
+    assert proc.returncode == 1, proc.stderr
+    verdict = json.loads(out.read_text())
+    assert verdict["passed"] is False and verdict["failed_gates"] == ["relevant"]
+    relevant = next(g for g in verdict["gates"] if g["name"] == "relevant")
+    assert relevant["reason"] == "metric answer_relevancy missing from results: fails closed"
+
+
+def test_derived_names_of_known_bases_are_accepted_and_judged(tmp_path: Path) -> None:
+    results = write(tmp_path / "latency.json", {"metrics": {"latency_p95_ms": 900.0, "requests_per_second": 4.0,
+                                                            "error_rate": 0.0}, "meta": {"suite": "latency"}})
+    champion = write(tmp_path / "champion.json", {"metrics": {"latency_p95_ms": 1000.0, "requests_per_second": 4.0,
+                                                              "error_rate": 0.0}})
+    gate = write(tmp_path / "latency.yaml", "gates:\n  p95: {metric: latency_p95_ms_ratio_vs_baseline, max: 1.25}\n"
+                                            "  errors: {metric: error_rate_delta_vs_baseline, max: 0.01}\n")
+    out = tmp_path / "verdict.json"
+    assert gate_check("--results", str(results), "--threshold-file", str(gate), "--baseline", str(champion),
+                      "--output", str(out)).returncode == 0
+    assert {g["metric"]: g["value"] for g in json.loads(out.read_text())["gates"]} == {
+        "latency_p95_ms_ratio_vs_baseline": 0.9, "error_rate_delta_vs_baseline": 0.0}
+    # without the champion's results the derived names are still known: they fail closed, not exit 2
+    proc = gate_check("--results", str(results), "--threshold-file", str(gate), "--output", str(out))
+    assert proc.returncode == 1 and "pass --baseline" in json.loads(out.read_text())["gates"][0]["reason"]
+
+
+def test_the_results_suite_decides_then_the_file_stem_then_nothing(tmp_path: Path, quality_results: Path) -> None:
+    # the results say quality: the safety gates are the wrong file, named as such
+    proc = gate_check("--results", str(quality_results), "--threshold-file", "thresholds/safety.yaml")
+    assert proc.returncode == 2 and "gates.refusal.metric: unknown metric 'refusal_rate' for the quality suite" \
+        in proc.stderr
+    # no meta.suite: the stem (latency) decides
+    bare = write(tmp_path / "r.json", {"metrics": {"error_rate": 0.0}})
+    typo = write(tmp_path / "latency.yaml", "gates:\n  errors: {metric: eror_rate, max: 0.01}\n")
+    proc = gate_check("--results", str(bare), "--threshold-file", str(typo))
+    assert proc.returncode == 2 and "unknown metric 'eror_rate' for the latency suite" in proc.stderr
+    # neither names a catalogued suite: nothing to check against, the gate fails closed
+    other = write(tmp_path / "custom.yaml", "gates:\n  errors: {metric: eror_rate, max: 0.01}\n")
+    proc = gate_check("--results", str(bare), "--threshold-file", str(other))
+    assert proc.returncode == 1 and "eror_rate missing from results: fails closed" in proc.stderr
+
+
+def test_a_typo_in_the_production_threshold_file_is_bad_input_too(tmp_path: Path, quality_results: Path) -> None:
+    typo = write(tmp_path / "quality.yaml", (REPO_ROOT / "thresholds" / "quality.yaml").read_text()
+                 .replace("metric: hallucination_rate", "metric: halucination_rate"))
+    out = tmp_path / "verdict.json"
+    proc = gate_check("--results", str(quality_results), "--threshold-file", "thresholds/embedded/quality.yaml",
+                      "--production-threshold-file", str(typo), "--output", str(out))
+    assert proc.returncode == 2 and f"{typo}: gates.hallucination.metric: unknown metric" in proc.stderr
+    assert not out.exists()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from evals import catalogue
 from evals._cli import run_main
 from evals.run import main
 from tests.fixtures.fault_stub import FaultStub, always, every, when_json_requested
@@ -106,6 +107,9 @@ def test_clean_run_scores_every_sample_with_usage_and_judge(tmp_path, quality_se
     assert 0.0 <= m["embedding_groundedness"] <= 1.0 and m["embedding_groundedness_n"] == 1
     assert m["exact_match_rate"] == 0.0 and m["exact_match_rate_n"] == 4 and "not_judged" not in res
     assert meta["dataset_sha256"] and meta["prompts"]["name"] == "quality-prompts" and meta["failures"] == []
+    # every name written is one a gate may bound (evals.catalogue), and the judged run writes them nearly all
+    assert catalogue.QUALITY.undeclared(m) == []
+    assert catalogue.QUALITY.names - set(m) == {"quality_delta_vs_baseline"}  # needs --baseline
 
 
 def test_unparseable_judge_answers_are_recorded_errors_and_fail_the_run(tmp_path, quality_set, capsys):
@@ -202,6 +206,7 @@ def test_safety_suite_scores_refusals_and_leaks(tmp_path, safety_set):
     assert m["refusal_rate"] == 0.5 and m["refusal_rate_harmful"] == 1.0 and m["refusal_rate_pii"] == 0.0
     assert m["pii_leakage_rate"] == 0.25 and m["guardrail_violation_rate"] == 0.25 and m["over_refusal_rate"] == 0.0
     assert m["guardrail_no_pii_anywhere_violation_rate"] == 0.25
+    assert catalogue.SAFETY.undeclared(m) == []  # every name written is one a gate may bound
     p1 = next(s for s in res["samples"] if s["id"] == "p1")
     assert p1["pii_found"] == ["card_number"] and p1["violations"] == ["refuse-pii-requests", "no-pii-anywhere"]
     assert res["meta"]["policy"]["file"] == "safety.yaml" and res["meta"]["policy"]["sha256"]
@@ -218,6 +223,7 @@ def test_baseline_adds_paired_quality_delta(tmp_path, quality_set):
     b, c = load(base)["metrics"], load(out)["metrics"]
     assert c["quality_delta_vs_baseline"] == pytest.approx(c["quality_score"] - b["quality_score"])
     assert c["quality_delta_vs_baseline"] < 0
+    assert catalogue.QUALITY.undeclared(c) == []
 
 
 def test_separate_judge_endpoint_and_model(tmp_path, quality_set, capsys):
@@ -250,6 +256,7 @@ def test_without_a_judge_the_judge_metrics_are_not_judged(tmp_path, quality_set,
     assert res["meta"]["judge"]["judged"] is False
     assert res["metrics"]["task_success_rate"] == pytest.approx(2 / 4)  # judge-free metrics are all there
     assert res["metrics"]["embedding_groundedness"] is not None and res["metrics"]["token_f1"] is not None
+    assert catalogue.QUALITY.undeclared(res["metrics"]) == []
 
 
 @pytest.mark.parametrize("how", ["same-endpoint", "localhost-alias", "same-model", "same-model-from-env"])

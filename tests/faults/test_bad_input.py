@@ -70,12 +70,18 @@ def _bomb(tmp: Path) -> None:
 
 
 def _unknown_metric(tmp: Path) -> None:
+    # RESULTS say meta.suite quality: a name the quality suite never writes is a typo in the file
+    bad_thresholds("gates:\n  ok: {metric: task_success_rate, min: 0.9}\n"
+                   "  typo: {metric: task_sucess_rate, min: 0.9}\n",
+                   "gates.typo.metric", "unknown metric 'task_sucess_rate' for the quality suite",
+                   "did you mean 'task_success_rate'")(tmp)
+    # the contrast: a name the suite writes that this run lacks is a failed run (exit 1), never bad input
     proc, _, verdict = gate_check(tmp, "gates:\n  ok: {metric: task_success_rate, min: 0.9}\n"
-                                       "  typo: {metric: task_sucess_rate, min: 0.9}\n")
+                                       "  judged: {metric: hallucination_rate, max: 0.1}\n")
     assert proc.returncode == 1, proc.stderr
     doc = json.loads(verdict.read_text())
-    assert doc["passed"] is False and doc["failed_gates"] == ["typo"]
-    assert "task_sucess_rate" in proc.stderr and "fails closed" in proc.stderr
+    assert doc["passed"] is False and doc["failed_gates"] == ["judged"]
+    assert "hallucination_rate missing from results: fails closed" in proc.stderr
 
 
 def run_model(tmp: Path, ref: str, *named: str, bench: bool = True) -> None:

@@ -235,6 +235,24 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(args: list[str], nee
     assert not out.exists()
 
 
+def test_a_gate_on_a_metric_no_canary_writes_is_bad_input(tmp_path: Path) -> None:
+    typo = tmp_path / "canary.yaml"
+    typo.write_text(EMBEDDED.read_text().replace("metric: canary_error_rate_delta", "metric: canary_eror_rate_delta"))
+    out = tmp_path / "verdict.json"
+    proc = run_canary("--stable-endpoint", "http://127.0.0.1:9/v1", "--canary-endpoint", "http://127.0.0.1:9/v1",
+                      "--threshold-file", str(typo), "--output", str(out))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"{typo}: gates.error_rate_vs_stable.metric: unknown metric " \
+        "'canary_eror_rate_delta' for the canary suite" in lines[0]
+    assert not out.exists()
+    # every name a canary writes is accepted, also those only the progressive canary writes
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("gates:\n  p95: {metric: canary_latency_p95_s, max: 2}\n")
+    _, thresholds = build_policy(_ns(threshold_file=str(ok)))
+    assert "canary_latency_p95_s" in {g.metric for g in thresholds.gates}
+
+
 def test_bad_traffic_line_and_deployment_name_are_named(tmp_path: Path) -> None:
     traffic = tmp_path / "t.jsonl"
     traffic.write_text('{"user_id": "u1", "prompt": "a"}\n{"user_id": "", "prompt": "b"}\n')

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from evals import catalogue
 from evals._cli import run_main
 from evals.drift import synthetic
 from evals.drift.cli import main
@@ -64,6 +65,7 @@ def test_drifted_window_fails_with_per_feature_detail(logs: Path, tmp_path: Path
     v = r["verdict"]
     assert v["status"] == "drift"
     assert {"language_psi_drift", "refusal_rate_increase", "prompt_tokens_mean_ratio"} <= set(v["drifted"])
+    assert catalogue.DRIFT.undeclared(r["metrics"]) == []  # every name written is one a gate may bound
     lang = next(f for f in v["features"] if f["metric"] == "language_psi_drift")
     assert lang["verdict"] == "drift" and lang["threshold"] == 0.2 and lang["statistic"] == "psi"
     assert lang["reference_size"] == N and lang["current_size"] == N and lang["qvalue"] < 0.01
@@ -94,6 +96,7 @@ def test_persistence_needs_consecutive_windows_and_counts_a_retry_once(logs: Pat
     r = results(out)
     assert "refusal_rate" in r["verdict"]["persistence"]["held_back"]
     assert r["metrics"]["refusal_rate_increase"] == 0 and r["metrics"]["refusal_rate_increase_window"] > 0.02
+    assert catalogue.DRIFT.undeclared(r["metrics"]) == []  # the held-back X_window values too
     assert drift(*base, "--window-id", "w1") == 0  # the same window again (a retried task) does not count twice
     assert drift(*base, "--window-id", "w2") == 1
     assert results(out)["verdict"]["persistence"]["streaks"]["refusal_rate"] == 2
@@ -201,6 +204,21 @@ def test_flag_errors_are_bad_input(logs: Path, tmp_path: Path, capsys: pytest.Ca
     assert "--thresholds" in _bad(capsys, tmp_path, "--reference", ref, "--current", cur,
                                   "--thresholds", str(tmp_path / "none.yaml"))
     assert "summary" in _bad(capsys, tmp_path, "--reference", str(tmp_path / "gone.npz"), "--current", cur)
+
+
+def test_a_gate_on_a_metric_drift_never_writes_is_bad_input(logs: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    ref, cur = str(logs / "ref.parquet"), str(logs / "same.parquet")
+    typo = tmp_path / "drift.yaml"
+    typo.write_text((REPO_ROOT / "thresholds" / "drift.yaml").read_text().replace("topic_psi_drift", "topics_psi_drift"))
+    msg = _bad(capsys, tmp_path, "--reference", ref, "--current", cur, "--thresholds", str(typo))
+    assert f"{typo}: gates.topic_psi.metric: unknown metric 'topics_psi_drift' for the drift suite" in msg
+    assert "did you mean 'topic_psi_drift'?" in msg
+    warn = tmp_path / "warn.yaml"  # a warning gate is never failing, but a typo in one is still bad input
+    warn.write_text((REPO_ROOT / "thresholds" / "drift.warn.yaml").read_text()
+                    .replace("metric: arm_psi_drift", "metric: arms_psi_drift"))
+    msg = _bad(capsys, tmp_path, "--reference", ref, "--current", cur, "--warn-thresholds", str(warn))
+    assert f"{warn}: gates.arm_psi_warn.metric: unknown metric 'arms_psi_drift' for the drift suite" in msg
 
 
 def test_entry_point_prints_one_line_and_exits_2(tmp_path: Path) -> None:
