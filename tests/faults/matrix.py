@@ -193,6 +193,15 @@ CASES: tuple[Case, ...] = (
     _live("approval-answer-after-timeout", "the approval through the REST API, after it timed out",
           "an Approve by the assigned approver", "409; the default stands, the run stays failed; the alias and "
           "the audit trail unchanged"),
+    _live("scheduler-killed-during-eval", "the scheduler, while evaluate runs (held before it runs the real "
+          "`python -m evals.gate_check` on a passing latency results file)",
+          "SIGKILL of the scheduler's process group; a new scheduler",
+          "while it is down nothing moved, nothing recorded, no approval asked, no verdict written; the new "
+          "scheduler's retry of evaluate runs gate_check again: the verdict the orphaned task runner wrote (if it "
+          "did) and the retry's are the same (all but `evaluated_utc`), the file replaced atomically, the run's one "
+          "verdict file; then either the approval and the alias moved once with one applied record, or a fail-closed "
+          "run (no approval asked, the alias unchanged, one `gate_failed` record); evaluate cleared and re-run "
+          "judges the same and changes no record"),
     _live("scheduler-killed-approval-pending", "the scheduler, while the approval waits",
           "SIGKILL of the scheduler's process group; Approve answered while it is down; a new scheduler",
           "the answer is accepted (the task waits `scheduled`); the new scheduler runs the rest: the alias moves "
@@ -216,8 +225,8 @@ CASES: tuple[Case, ...] = (
     _bi("thr-empty-file", "a threshold file", "an empty file", GATE_BAD),
     _bi("thr-not-yaml", "a threshold file", "a tab-indented / unbalanced YAML", GATE_BAD),
     _bi("thr-confidence-range", "a threshold file", "`confidence: 1.5`", GATE_BAD),
-    _bi("thr-unknown-metric", "a threshold file", "a gate on a metric no suite produces (a typo)",
-        "the gate fails closed naming the metric (exit 1): never a pass"),
+    _bi("thr-unknown-metric", "a threshold file", "a gate on a metric its suite never produces (a typo, "
+        "`task_sucess_rate`; the suite's names: evals/catalogue.py)", GATE_BAD),
     _bi("name-traversal", "evals.run --model", "`../../etc:1`", NAME_BAD),
     _bi("name-shell", "evals.run --model", "`x;rm -rf /:1` and `$(id):1`", NAME_BAD),
     _bi("name-too-long", "evals.run --model", "a 300-character name", NAME_BAD),

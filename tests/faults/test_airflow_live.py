@@ -4,8 +4,10 @@ One Airflow for the module, started by the project's launcher in two process gro
 (evals.launcher.airflow_spec ``components``): the api-server, dag-processor and triggerer
 in one, the scheduler alone in the other, so a row can SIGKILL the scheduler's group and
 start a new one. The DAGs are tests/faults/live_dag.py (the promotion's validate ->
-PromotionApproval -> promote -> finalize, on the real tollgate.promotion functions),
-copied into a temporary dags folder; MLflow is the session's real server. Answers go
+[evaluate: the real evals.gate_check, restart DAG only] -> PromotionApproval -> promote ->
+finalize, on the real tollgate.promotion functions), copied into a temporary dags folder;
+MLflow is the session's real server. Every run of the restart DAG is handed a passing
+latency results file (``PASSING``, the metrics of thresholds/latency.yaml). Answers go
 through the REST API (tollgate.airflow_api.AirflowApi), as `./tollgate approve` sends them.
 
 On Airflow 3.3 an approval waits in the ``awaiting_input`` state and the *scheduler*
@@ -53,6 +55,10 @@ SCHEDULER_ENV = {
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
 }
+# A results file every gate of thresholds/latency.yaml passes (the restart DAG's evaluate judges it).
+PASSING: dict[str, Any] = {"metrics": {"latency_p50_ms": 120.0, "latency_p95_ms": 300.0, "latency_p99_ms": 600.0,
+                       "requests_per_second": 80.0, "error_rate": 0.0},
+           "meta": {"suite": live_dag.SUITE}}
 T = TypeVar("T")
 
 
@@ -74,6 +80,7 @@ class Live:
     env: dict[str, str]
     logs: Path
     holds: Path
+    evidence: Path
     passwords: dict[str, str] = field(default_factory=dict)
     scheduler: Any = None
     starts: int = 0
@@ -130,7 +137,8 @@ def live(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         **SCHEDULER_ENV,
     }
     ctx = Live(free_port(), tmp_path_factory.mktemp("airflow-live-home"), env,
-               tmp_path_factory.mktemp("airflow-live-logs"), tmp_path_factory.mktemp("airflow-live-holds"))
+               tmp_path_factory.mktemp("airflow-live-logs"), tmp_path_factory.mktemp("airflow-live-holds"),
+               tmp_path_factory.mktemp("airflow-live-evidence"))
     rest = airflow_spec(ctx.port, home=ctx.home, name=f"airflow-live-{ctx.port}", users=USERS, extra_env=env,
                         components=("api-server", "dag-processor", "triggerer"))
     with pytest.MonkeyPatch.context() as mp, ManagedServer(rest, log_dir=ctx.logs):
@@ -192,8 +200,20 @@ def approval_of(dag_id: str, run_id: str) -> Any:
     return PendingApproval(dag_id, run_id, "approval", -1, "", "", ["Approve", "Reject"], ["approver"])
 
 
-def trigger(live: Live, dag_id: str, model: str, hold: str = "") -> str:
-    return str(live.as_user("admin").trigger(dag_id, {"model_name": model, "model_version": "2", "hold": hold}))
+def results_of(live: Live, model: str) -> Path:
+    return live.evidence / f"{model}.{live_dag.SUITE}.json"
+
+
+def verdict_of(live: Live, model: str, run_id: str) -> Path:
+    return live_dag.verdict_path(str(results_of(live, model)), RESTART_DAG, run_id, model, "2")
+
+
+def trigger(live: Live, dag_id: str, model: str, hold: str = "", eval_hold: str = "") -> str:
+    results = results_of(live, model)
+    if not results.exists():
+        results.write_text(json.dumps({**PASSING, "meta": {**PASSING["meta"], "model": model, "version": "2"}}))
+    return str(live.as_user("admin").trigger(dag_id, {"model_name": model, "model_version": "2", "hold": hold,
+                                                      "eval_hold": eval_hold, "results": str(results)}))
 
 
 def _stamp(text: str) -> datetime:
@@ -253,6 +273,118 @@ def answer_after_timeout(live: Live, request: pytest.FixtureRequest) -> None:
     assert decision(admin, TIMEOUT_DAG, t.run_id) == ("timed_out", "nobody")
     alias_is(t.model, "champion", "1")
     assert records(t.model, t.run_id) == t.records, "an answer after the timeout changed the audit trail"
+
+
+def judged(verdict: dict[str, Any]) -> dict[str, Any]:
+    """A gate_check verdict without its clock (``evaluated_utc``): what was judged, and how."""
+    return {k: v for k, v in verdict.items() if k != "evaluated_utc"}
+
+
+def approval_or_end(admin: Any, run_id: str) -> tuple[str, Any] | None:
+    """("approval", pending) once the run's approval is parked, ("ended", state) if the run ends first."""
+    pending = admin.pending_approvals(RESTART_DAG, run_id)
+    if pending and admin.task_states(RESTART_DAG, run_id).get("approval") == "awaiting_input":
+        return "approval", pending[0]
+    state = admin.dag_run(RESTART_DAG, run_id)["state"]
+    return ("ended", state) if state in ("success", "failed") else None
+
+
+def killed_during_eval(live: Live, request: pytest.FixtureRequest) -> None:
+    from evals.launcher.process import _group_alive
+
+    model = new_model("eval")
+    hold = live.holds / model
+    approver, admin = live.as_user("approver"), live.as_user("admin")
+    started = time.monotonic()
+    run_id = trigger(live, RESTART_DAG, model, eval_hold=str(hold))
+    verdict = verdict_of(live, model, run_id)
+    reached = Path(f"{hold}.reached")
+    until("evaluate holding before gate_check", lambda: reached.is_file() and reached.read_text().strip())
+    assert admin.task_states(RESTART_DAG, run_id)["evaluate"] == "running"
+    runner = int(reached.read_text())
+    live.orphans.append(runner)
+    live.kill_scheduler()
+    killed = time.monotonic()
+    survived = _group_alive(runner)
+    print(f"scheduler-killed-during-eval: the evaluate task runner (its own process group) survived the kill: "
+          f"{survived}")
+    # While the scheduler is down: nothing moved, nothing recorded, no approval asked, no verdict yet.
+    alias_is(model, "champion", "1")
+    assert records(model, run_id) == []
+    assert admin.pending_approvals(RESTART_DAG, run_id) == []
+    assert admin.task_states(RESTART_DAG, run_id)["approval"] == "none"
+    assert not verdict.exists(), "a verdict before gate_check ran"
+    Path(f"{hold}.release").touch()
+    until("the orphaned task runner to exit", lambda: not _group_alive(runner), timeout_s=60)
+    orphan = json.loads(verdict.read_text()) if verdict.exists() else None
+    orphan_inode = verdict.stat().st_ino if orphan is not None else None
+    print(f"scheduler-killed-during-eval: the orphan exited {time.monotonic() - killed:.1f} s after the kill; "
+          f"it wrote a verdict: {orphan is not None}"
+          + (f" (passed={orphan['passed']})" if orphan is not None else ""))
+    alias_is(model, "champion", "1")
+    assert admin.pending_approvals(RESTART_DAG, run_id) == []
+    live.start_scheduler()
+    restarted = time.monotonic()
+    got = until("the approval, or the run's end, after the restart", lambda: approval_or_end(admin, run_id))
+    assert got is not None
+    if got[0] == "approval":
+        approver.respond(got[1], "Approve")
+    run = admin.wait_for_run(RESTART_DAG, run_id, timeout_s=DEADLINE_S)
+    states = admin.task_states(RESTART_DAG, run_id)
+    eval_ti = task_instance(admin, RESTART_DAG, run_id, "evaluate")
+    trail = records(model, run_id)
+    print(f"scheduler-killed-during-eval: after the restart ({restarted - killed:.1f} s down) the run ended "
+          f"{run['state']} in {time.monotonic() - restarted:.1f} s (trigger to end {time.monotonic() - started:.1f} s); "
+          f"evaluate {eval_ti['state']} on try {eval_ti['try_number']} ({eval_ti.get('duration')} s); {states}")
+    if run["state"] == "success":  # resumed: evaluated again, approved, moved once
+        assert got[0] == "approval", got
+        assert eval_ti["state"] == "success" and eval_ti["try_number"] >= 2, eval_ti
+        assert decision(admin, RESTART_DAG, run_id) == ("approved", "approver")
+        assert admin.xcom(RESTART_DAG, run_id, "finalize")["outcome"] == "promoted"
+        alias_is(model, "champion", "2")
+        moves = applied_moves(model)
+        assert [(m.from_version, m.to_version, m.dag_run_id) for m in moves] == [("1", "2", run_id)], moves
+        assert [(r.action, r.status) for r in trail] == [("move", "applied")], trail
+    else:  # failed closed: no approval asked, nothing moved, one ending record
+        assert run["state"] == "failed" and got[0] == "ended", (run, got)
+        assert states["promote"] in ("upstream_failed", "failed"), states
+        alias_is(model, "champion", "1")
+        assert applied_moves(model) == []
+        assert [(r.action, r.status) for r in trail] == [("gate_failed", "recorded")], trail
+    every_run_ended(model, [run_id], "champion")
+    # Idempotent: every evaluation of one results file is the same verdict, in the run's one verdict file.
+    def verdict_now() -> tuple[dict[str, Any] | None, int | None, list[str]]:
+        files = sorted(f.name for f in verdict.parent.iterdir()) if verdict.parent.is_dir() else []
+        if not verdict.exists():
+            return None, None, files
+        return judged(json.loads(verdict.read_text())), verdict.stat().st_ino, files
+
+    after, inode, files = verdict_now()
+    if run["state"] == "success":
+        assert after is not None and after["passed"] is True, after
+        returned = admin.xcom(RESTART_DAG, run_id, "evaluate")
+        assert (returned["passed"], returned["results_sha256"], returned["verdict"]) == \
+            (True, after["results_sha256"], str(verdict)), returned
+    assert files == ([verdict.name] if after is not None else []), f"not one verdict file: {files}"
+    if orphan is not None:
+        assert after == judged(orphan), "the retry judged differently from the orphaned try"
+        assert inode != orphan_inode, "the retry did not re-evaluate (the orphan's verdict file is unchanged)"
+    # ... and evaluate cleared and run again judges the same, replacing the file; nothing else changes.
+    assert admin.clear_task(RESTART_DAG, run_id, "evaluate") == ["evaluate"]
+    until("the cleared evaluate to run again",
+          lambda: task_instance(admin, RESTART_DAG, run_id, "evaluate")["try_number"] > eval_ti["try_number"])
+    rerun = admin.wait_for_run(RESTART_DAG, run_id, timeout_s=DEADLINE_S)
+    again = task_instance(admin, RESTART_DAG, run_id, "evaluate")
+    rejudged, reinode, refiles = verdict_now()
+    print(f"scheduler-killed-during-eval: evaluate cleared and re-run: try {again['try_number']} {again['state']}; "
+          f"the verdict file replaced: {reinode != inode}, the same verdict: {rejudged == after}")
+    assert rerun["state"] == run["state"], (rerun, admin.task_states(RESTART_DAG, run_id))
+    assert rejudged == after, "a re-evaluation judged differently"
+    assert refiles == files, f"a re-evaluation left other files: {refiles}"
+    if after is not None:
+        assert reinode != inode, "the cleared evaluate did not re-evaluate (the verdict file is unchanged)"
+    alias_is(model, "champion", "2" if run["state"] == "success" else "1")
+    assert records(model, run_id) == trail, "a re-evaluation wrote to the audit trail"
 
 
 def killed_approval_pending(live: Live, request: pytest.FixtureRequest) -> None:
@@ -323,6 +455,7 @@ def killed_during_promote(live: Live, request: pytest.FixtureRequest) -> None:
 
 IMPL: dict[str, Callable[[Live, pytest.FixtureRequest], None]] = {
     "approval-timeout": approval_timeout, "approval-answer-after-timeout": answer_after_timeout,
+    "scheduler-killed-during-eval": killed_during_eval,
     "scheduler-killed-approval-pending": killed_approval_pending,
     "scheduler-killed-during-promote": killed_during_promote,
 }
