@@ -38,16 +38,19 @@ from evals import settings  # noqa: E402 - evals imports no Airflow
 # config in AIRFLOW_HOME: point it at the embedded Airflow, not ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", str(settings.current().home / "airflow"))
 from evals.launcher import ManagedServer, airflow_spec, mlflow_spec, seaweedfs  # noqa: E402
-from evals.launcher.production import start_plane, wait_plane  # noqa: E402
+from evals.launcher.production import canary_traffic_rate, start_plane, wait_plane  # noqa: E402
 
 log = logging.getLogger("tollgate.demo")
 MODEL = "smollm2-orders"
 BUCKET = settings.current().s3_bucket
 CANARY_TRAFFIC_S = 1800  # the live traffic the canary after an approval judges (bounded; ./tollgate stop ends it)
+CANARY_MAX_TOKENS = 8  # short answers: the canary's traffic is about counts and errors, and 2 cores serve two vLLMs
 # The embedded default: a 135M model on 2 CPU cores. These shrink the work, not the rules:
 # the gates are the documented embedded profile (thresholds/embedded/), never the production files.
 EMBEDDED_ENV = {
     "TOLLGATE_THRESHOLDS": "thresholds/embedded",
+    # the live canary's whole-canary gates (canary.yaml is the replayed sample's: another quality scale)
+    "TOLLGATE_CANARY_THRESHOLDS": os.environ.get("TOLLGATE_CANARY_THRESHOLDS", "thresholds/embedded/canary.live.yaml"),
     "TOLLGATE_EVAL_LIMIT": os.environ.get("TOLLGATE_EVAL_LIMIT", "40"),
     "TOLLGATE_BENCH_USERS": os.environ.get("TOLLGATE_BENCH_USERS", "8"),
     "TOLLGATE_BENCH_DURATION": os.environ.get("TOLLGATE_BENCH_DURATION", "30"),
@@ -93,6 +96,12 @@ def publish_and_register(s3_env: dict[str, str], tracking_uri: str) -> None:
         registry.move_alias(MODEL, registry.CHAMPION, "1", actor="tollgate-demo",
                             reason="initial champion (bootstrap of the embedded demo)", evidence_run_id=None)
     log.info("aliases: %s", registry.get_aliases(MODEL))
+
+
+def canary_policy_path() -> Path:
+    """The policy the promotion's canary runs: TOLLGATE_CANARY_POLICY, else the embedded profile's."""
+    path = Path(os.environ.get("TOLLGATE_CANARY_POLICY") or f"{EMBEDDED_ENV['TOLLGATE_THRESHOLDS']}/canary-policy.yaml")
+    return path if path.is_absolute() else ROOT / path
 
 
 def wait_for_first_run(api, dag_id: str, timeout_s: float) -> str | None:
@@ -172,8 +181,12 @@ def main() -> int:
         plane.stop_traffic()
         production = plane.check()
         # The canary after ./tollgate approve judges live traffic: a bounded trickle keeps running past
-        # this script's exit (its own process group and pid file: ./tollgate stop ends it).
-        plane.start_traffic(rate=settings.current().demo_traffic_rate, duration_s=CANARY_TRAFFIC_S)
+        # this script's exit (its own process group and pid file: ./tollgate stop ends it), fast enough
+        # for the policy's first step to see its minimum of canary requests (0.2 req/s is not).
+        from evals.canary.policy import load_policy
+
+        rate = canary_traffic_rate(load_policy(canary_policy_path()), floor=settings.current().demo_traffic_rate)
+        plane.start_traffic(rate=rate, duration_s=CANARY_TRAFFIC_S, max_tokens=CANARY_MAX_TOKENS)
         plane.traffic = None  # not stopped on exit: the canary needs it
         ok = True
         base = airflow.spec.base_url
@@ -185,6 +198,7 @@ def main() -> int:
   approve from the terminal:   ./tollgate approve          (reject: ./tollgate approve --reject)
   after approval: the canary steps 5 -> 25 -> 50 -> 100 % on live traffic (README "Watching the canary";
                  the canary_* tasks' logs); roll back any time: ./tollgate rollback {MODEL} --reason "..."
+  canary traffic: {rate:.2g} req/s through the gateway for {CANARY_TRAFFIC_S // 60} min from now: approve within that
   subject:       {pending.subject}
   MLflow UI:     {mlflow.spec.base_url}
   S3 (SeaweedFS): {s3.spec.base_url}  bucket {BUCKET}

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evals import promql, settings
 from evals.errors import CheckFailed
@@ -33,9 +33,24 @@ from evals.launcher.process import ManagedServer, run_dir, stop_process_group
 from evals.launcher.prometheus import prometheus_spec
 from evals.launcher.vllm import vllm_spec
 
+if TYPE_CHECKING:
+    from evals.canary.policy import CanaryRolloutPolicy
+
 log = logging.getLogger("tollgate.production")
 
 DEFAULT_PRICES = {"default": {"input_per_1k": 0.0005, "output_per_1k": 0.0015}}  # USD, as a hosted 1B model
+
+
+def canary_traffic_rate(policy: CanaryRolloutPolicy, floor: float = 0.0) -> float:
+    """Requests/s of traffic a canary on ``policy`` needs to be judged at all.
+
+    The smallest step's share of the traffic must bring about twice ``min_requests_per_arm``
+    canary requests per analysis window; with fewer the step stays Inconclusive until
+    ``inconclusive_deadline_s`` fails it closed and the canary rolls back a healthy version
+    (the embedded policy at the demo's 0.2 req/s: ~0.9 canary requests per 90 s window at 5 %).
+    """
+    share = min(s.weight for s in policy.steps) / 100
+    return max(floor, 2 * policy.analysis.min_requests_per_arm / (share * policy.analysis.window_s))
 
 
 def admin_token(state: Path) -> str:

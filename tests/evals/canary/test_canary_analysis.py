@@ -252,7 +252,8 @@ def test_inconclusive_past_the_deadline_counts_as_failed(policy):
 def test_window_never_reaches_before_the_step(policy):
     s = StepState(weight=25, started=100.0)
     assert an.window_for(policy, s, 101.0) == policy.analysis.interval_s
-    assert an.window_for(policy, s, 112.0) == 12.0
+    since = policy.analysis.interval_s + 7  # past one interval, inside the window: the time since the step
+    assert an.window_for(policy, s, 100.0 + since) == since
     assert an.window_for(policy, s, 1000.0) == policy.analysis.window_s
 
 

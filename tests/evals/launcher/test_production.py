@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from evals import settings
+from evals.canary.policy import load_policy
 from evals.errors import CheckFailed
 from evals.launcher import ManagedServer, free_port, prometheus_spec, vllm_spec
 from evals.launcher.gateway import gateway_spec, write_config
-from evals.launcher.production import Plane, admin_token
+from evals.launcher.production import Plane, admin_token, canary_traffic_rate
 
 
 @pytest.fixture
@@ -59,3 +60,15 @@ def test_check_fails_closed_without_prometheus_or_logs(home: Path) -> None:
     p = plane(home)  # nothing started: Prometheus unreachable, no bucket
     with pytest.raises(CheckFailed, match=r'llm_requests_total\{model="m", version="1"\}.* = 0 in Prometheus'):
         p.check(timeout_s=1.0)
+
+
+def test_canary_traffic_fills_the_embedded_policys_first_step() -> None:
+    """The demo's canary traffic: at its 5 % step the embedded policy must see its minimum of canary
+    requests per window (at the demo's 0.2 req/s trickle it saw ~0.9 per 90 s and failed closed)."""
+    policy = load_policy(settings.REPO_ROOT / "thresholds" / "embedded" / "canary-policy.yaml")
+    rate = canary_traffic_rate(policy, floor=0.2)
+    first = policy.steps[0].weight / 100
+    assert rate * first * policy.analysis.window_s >= 2 * policy.analysis.min_requests_per_arm
+    assert 0.2 * first * policy.analysis.window_s < policy.analysis.min_requests_per_arm  # why the floor is not enough
+    assert rate <= 1.5  # the rate the embedded plane is tested at (tests/dags/promotion_stack.py)
+    assert canary_traffic_rate(policy, floor=5.0) == 5.0
